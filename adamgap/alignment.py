@@ -1,0 +1,157 @@
+"""The alignment callback: feature learning and noise memorization (Figure 2, Section 5).
+
+- feature learning   ``<w_{j,r}, j v>`` for every class j and filter r (Lemmas 5.2-5.4, 5.6);
+- noise memorization ``<w_{y_i,r}, xi_i>`` for every training example i, filter r and noise
+  patch (Lemmas 5.2, 5.6), ``xi_i`` the whole noise patch including the feature noise.
+
+It works for any datamodule that exposes ``features`` (K, 2, d), the direction of class j in row
+j (``j v`` for Definition 3.1), ``train_noise`` (the noise patches, network input of shape
+(K, n, P-1, ...)) and ``y_train`` (K, n). It only observes: it never changes training.
+
+Outputs (rank 0): ``alignment.csv`` (one row per recorded step and replica with the summaries),
+``alignment.pt`` (every per-filter and per-example value), ``figures/alignment.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from adamgap.network import PatchCNN
+
+SUMMARY_KEYS = (
+    "feature_learning",  # max_r <w_{+1,r}, v>                      (Figure 2, "feature")
+    "feature_learning_neg",  # max_r <w_{-1,r}, -v>
+    "noise_memorization",  # mean_{i: y_i=+1} max_r <w_{+1,r}, xi_i> (Figure 2, "noise")
+    "noise_memorization_min",
+    "noise_memorization_max",
+    "noise_memorization_neg",  # mean_{i: y_i=-1} max_r <w_{-1,r}, xi_i>
+    "noise_memorization_all",  # mean over all i of max_r <w_{y_i,r}, xi_i>
+)
+
+
+def feature_learning(net: PatchCNN, features: Tensor) -> Tensor:
+    """``<w_{j,r}, u_j>`` with u_j = ``features[:, j]`` (= j v): (K, 2, m)."""
+    return torch.einsum("kjrd,kjd->kjr", net.filters, features.to(net.weight))
+
+
+def noise_memorization(net: PatchCNN, noise, y: Tensor) -> Tensor:
+    """``<w_{y_i,r}, xi_{i,p}>`` for every example, noise patch and filter: (K, n, P-1, m)."""
+    z = net.activations(noise)  # (K, n, P-1, 2, m)
+    own = (y < 0).long()[:, :, None, None, None].expand(-1, -1, z.shape[2], 1, z.shape[4])
+    return z.gather(3, own).squeeze(3)
+
+
+def summarize(feature: Tensor, noise: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The Figure-2 summaries per replica, each (K,), from (K, 2, m) and (K, n, P-1, m)."""
+    per_example = noise.amax(dim=(2, 3))  # max over noise patches and r: (K, n)
+    pos, neg = y > 0, y < 0
+
+    def masked_mean(mask: Tensor) -> Tensor:
+        return (per_example * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    inf = torch.tensor(float("inf"))
+    return {
+        "feature_learning": feature[:, 0].amax(1),
+        "feature_learning_neg": feature[:, 1].amax(1),
+        "noise_memorization": masked_mean(pos),
+        "noise_memorization_min": torch.where(pos, per_example, inf).amin(1),
+        "noise_memorization_max": torch.where(pos, per_example, -inf).amax(1),
+        "noise_memorization_neg": masked_mean(neg),
+        "noise_memorization_all": per_example.mean(1),
+    }
+
+
+class AlignmentCallback(L.Callback):
+    """Records the alignment every ``every`` steps, at step 0 and at the last step."""
+
+    def __init__(self, run_dir: str | Path, every: int = 100, seeds: list[int] | None = None):
+        self.run_dir, self.every, self.seeds = Path(run_dir), every, seeds
+        self.steps: list[int] = []
+        self.feature: list[Tensor] = []  # each (K, 2, m)
+        self.noise: list[Tensor] = []  # each (K, n, P-1, m)
+        self.rows: list[dict] = []
+
+    @torch.no_grad()
+    def record(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if self.steps and self.steps[-1] == step:
+            return
+        dm = trainer.datamodule
+        feature = feature_learning(module.net, dm.features).cpu()
+        noise = noise_memorization(module.net, dm.train_noise, dm.y_train).cpu()
+        self.steps.append(step)
+        self.feature.append(feature)
+        self.noise.append(noise)
+        summary = summarize(feature, noise, dm.y_train.cpu())
+        seeds = self.seeds or list(range(feature.shape[0]))
+        for k, seed in enumerate(seeds):
+            self.rows.append({"step": step, "seed": seed,
+                              **{key: float(v[k]) for key, v in summary.items()}})
+        module.log_dict({f"align/{key}": v.mean() for key, v in summary.items()})
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.record(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # optimizer steps taken so far
+        if step % self.every == 0 or step >= trainer.max_steps:
+            self.record(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.record(trainer, module)  # no-op when the last step was already recorded
+        if trainer.is_global_zero:
+            self.write()
+
+    # -- outputs ------------------------------------------------------------------------------
+    def history(self) -> dict[str, Tensor]:
+        """Per-replica summary trajectories: key -> (records, K); plus ``step``."""
+        keys = SUMMARY_KEYS
+        K = self.feature[0].shape[0]
+        out = {k: torch.tensor([r[k] for r in self.rows]).view(-1, K) for k in keys}
+        out["step"] = torch.tensor(self.steps)
+        return out
+
+    def write(self) -> None:
+        from adamgap.outputs import atomic_write, write_csv
+
+        write_csv(self.run_dir / "alignment.csv", self.rows)
+        full = {"step": torch.tensor(self.steps), "seeds": self.seeds,
+                "feature_learning": torch.stack(self.feature),
+                "noise_memorization": torch.stack(self.noise)}
+        atomic_write(self.run_dir / "alignment.pt", lambda f: torch.save(full, f), binary=True)
+        plot_alignment(self.history(), self.run_dir / "figures" / "alignment.png")
+
+
+def plot_alignment(history: dict[str, Tensor], path: Path, title: str | None = None) -> None:
+    """Figure 2 panel: class +1, feature learning and noise memorization vs iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adamgap.outputs import atomic_write
+
+    step = history["step"].numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, label, color in (("feature_learning", r"feature learning $\max_r\langle w_{+1,r}, v\rangle$", "tab:blue"),
+                              ("noise_memorization", r"noise memorization (mean$_{y_i=+1}$ $\max_r\langle w_{+1,r},\xi_i\rangle$)", "tab:red")):
+        values = history[key].numpy()  # (records, K)
+        if values.shape[1] == 1:
+            ax.plot(step, values[:, 0], color=color, label=label)
+        else:
+            mean = values.mean(1)
+            ax.plot(step, mean, color=color, label=f"{label}, mean of {values.shape[1]}")
+            ax.fill_between(step, values.min(1), values.max(1), color=color, alpha=0.2)
+    ax.axhline(0.0, color="gray", lw=0.6)
+    ax.set_xlabel("iteration")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)

@@ -1,0 +1,192 @@
+"""The synthetic data model of Definition 3.1, as a LightningDataModule.
+
+Each example is ``x = (x_1, ..., x_P)`` with label ``y in {+1, -1}``: one patch (random or fixed
+position) is the *feature patch* ``y v``; every other patch is a *noise patch*
+``xi = xi' - alpha y v`` where ``xi'`` is ``N(0, sigma_p^2)`` on ``s`` coordinates drawn
+uniformly outside the support of ``v`` and zero elsewhere. The paper uses P = 2 and v = e_1.
+
+Every replica k of an ensemble draws its data from its own seed, so replica k of a K-replica
+run sees exactly the data of a single run with that seed. Train and test sets come from
+separate random streams: changing ``n_test`` does not change the training set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from adamgap.patches import SparsePatches, to_dense_patches
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    """An independent random stream per (seed, purpose): data and W(0) never share draws."""
+    state = np.random.SeedSequence([seed, *stream.encode()]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+@dataclass
+class PatchSet:
+    """Examples of K replicas as per-patch coordinate lists (a compact sparse format).
+
+    ``index``/``value`` (K, N, P, L): L (coordinate, value) pairs per patch, zero-padded;
+    ``y`` (K, N) labels in {+1., -1.}; ``feature_patch`` (K, N) position of the feature patch.
+    """
+
+    index: Tensor
+    value: Tensor
+    y: Tensor
+    feature_patch: Tensor
+    d: int
+
+    def inputs(self, sparse: bool, rows: Tensor | None = None) -> Tensor | SparsePatches:
+        """Network input of all examples, or of ``rows`` (K, B) per replica."""
+        index, value = self.index, self.value
+        if rows is not None:
+            pick = rows[:, :, None, None].expand(-1, -1, *index.shape[2:])
+            index, value = index.gather(1, pick), value.gather(1, pick)
+        if sparse:
+            return SparsePatches.from_coordinates(index, value, self.d)
+        return to_dense_patches(index, value, self.d)
+
+    def noise_patches(self, sparse: bool) -> Tensor | SparsePatches:
+        """The noise patches ``xi_{i,p}`` of every example: (K, N, P-1, ...) in patch order."""
+        K, N, P, L = self.index.shape
+        order = torch.argsort((torch.arange(P) == self.feature_patch[..., None]).int(), dim=-1,
+                              stable=True)[..., : P - 1]  # (K, N, P-1): non-feature patches
+        pick = order[..., None].expand(-1, -1, -1, L)
+        sub = PatchSet(self.index.gather(2, pick), self.value.gather(2, pick), self.y,
+                       self.feature_patch, self.d)
+        return sub.inputs(sparse)
+
+
+def make_patches(seed: int, n: int, d: int, s: int, sigma_p: float, alpha: float, v: Tensor,
+                 labels: str, feature_position: str, patches: int, stream: str) -> PatchSet:
+    """Draw ``n`` examples of Definition 3.1 for one replica (``PatchSet`` with K = 1)."""
+    g = generator(seed, stream)
+    if labels == "balanced":
+        y = torch.ones(n)
+        y[n // 2:] = -1.0  # n/2 of each class (ceil for +1 when n is odd)
+        y[: n - n // 2] = 1.0
+        y = y[torch.randperm(n, generator=g)]
+    else:
+        y = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0)
+    if feature_position == "random":
+        where = torch.randint(patches, (n,), generator=g)
+    else:
+        where = torch.zeros(n, dtype=torch.long)
+    support = v.nonzero().flatten()
+    free = (v == 0).nonzero().flatten()  # noise never touches the feature's coordinates
+    # s coordinates per noise patch, uniform without replacement among the free ones
+    keys = torch.rand(n, patches, free.numel(), generator=g)
+    noise_idx = free[keys.topk(s, dim=-1).indices.sort(dim=-1).values]  # (n, P, s)
+    noise_val = torch.randn(n, patches, s, generator=g) * sigma_p
+    L = s + support.numel()
+    index = torch.empty(n, patches, L, dtype=torch.long)
+    value = torch.empty(n, patches, L)
+    # noise patch: xi' on its s coordinates, - alpha y v on supp(v)
+    index[..., :s] = noise_idx
+    value[..., :s] = noise_val
+    index[..., s:] = support
+    value[..., s:] = -alpha * y[:, None, None] * v[support]
+    # feature patch: y v on supp(v), nothing else
+    feat = torch.arange(patches)[None, :] == where[:, None]  # (n, P)
+    index[feat] = torch.cat([support.new_zeros(s), support])
+    value[feat] = torch.cat([torch.zeros(n, s), y[:, None] * v[support]], dim=1)
+    return PatchSet(index[None], value[None], y[None], where[None], d)
+
+
+def stack(sets: list[PatchSet]) -> PatchSet:
+    """Stack single-replica sets along the replica dimension."""
+    return PatchSet(*(torch.cat([getattr(p, f) for p in sets]) for f in
+                      ("index", "value", "y", "feature_patch")), sets[0].d)
+
+
+class StepBatches(Dataset):
+    """Item t is the training batch of step ``start + t``: the full batch, or for mini-batches
+    the t-th slice of a per-replica, per-epoch random permutation. A function of the step alone,
+    so a resumed run sees the same data order as an uninterrupted one."""
+
+    def __init__(self, dm: "SyntheticDataModule", steps: int, start: int = 0) -> None:
+        self.dm, self.steps, self.start = dm, steps, start
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, t: int):
+        return self.dm.train_batch(self.start + t)
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """Definition 3.1 data for replicas ``seeds``; exposes what the alignment callback reads:
+    ``features`` (K, 2, d) rows ``j v`` for j = +1, -1, ``train_noise`` (K, n, P-1, d) the
+    noise patches ``xi_i`` and ``y_train`` (K, n)."""
+
+    def __init__(self, seeds: list[int], d: int = 1000, n: int = 200, n_test: int = 10_000,
+                 s: int = 100, sigma_p: float | None = None, alpha: float = 0.2,
+                 v: list[float] | None = None, labels: str = "balanced",
+                 feature_position: str = "random", patches: int = 2,
+                 batch_size: int | None = None, sparse: bool | None = None,
+                 max_steps: int = 10_000) -> None:
+        super().__init__()
+        self.seeds, self.d, self.n, self.n_test, self.s = list(seeds), d, n, n_test, s
+        self.sigma_p = 1.0 / math.sqrt(s) if sigma_p is None else sigma_p
+        self.alpha, self.labels, self.feature_position = alpha, labels, feature_position
+        self.patches, self.max_steps = patches, max_steps
+        self.batch_size = n if batch_size is None else batch_size
+        self.v = torch.zeros(d) if v is None else torch.tensor(v, dtype=torch.float32)
+        if v is None:
+            self.v[0] = 1.0  # e_1
+        nnz = (s + int((self.v != 0).sum())) / d
+        self.sparse = nnz < 0.25 if sparse is None else sparse
+        self._made = False
+        self._device_cache: dict = {}
+
+    # -- data ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._made:
+            return
+        args = (self.d, self.s, self.sigma_p, self.alpha, self.v, self.labels,
+                self.feature_position, self.patches)
+        self.train = stack([make_patches(k, self.n, *args, stream="train") for k in self.seeds])
+        self.test = stack([make_patches(k, self.n_test, *args, stream="test") for k in self.seeds])
+        self.x_train = self.train.inputs(self.sparse)
+        self.x_test = self.test.inputs(self.sparse)
+        self.y_train, self.y_test = self.train.y, self.test.y
+        self.features = torch.stack([self.v, -self.v])[None].expand(len(self.seeds), 2, self.d)
+        self.train_noise = self.train.noise_patches(self.sparse)
+        self._made = True
+
+    def train_batch(self, step: int):
+        """(inputs, labels) of training step ``step``."""
+        if self.batch_size == self.n:
+            return self.x_train, self.y_train
+        per_epoch = self.n // self.batch_size
+        epoch, i = divmod(step, per_epoch)
+        rows = torch.stack([torch.randperm(self.n, generator=generator(k, f"epoch{epoch}"))
+                            for k in self.seeds])[:, i * self.batch_size:(i + 1) * self.batch_size]
+        return self.train.inputs(self.sparse, rows), self.y_train.gather(1, rows)
+
+    def train_dataloader(self) -> DataLoader:
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return DataLoader(StepBatches(self, self.max_steps, start), batch_size=None)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Full training set (train error and loss) and test set, one batch each."""
+        return [DataLoader([(self.x_train, self.y_train)], batch_size=None),
+                DataLoader([(self.x_test, self.y_test)], batch_size=None)]
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # the full batch is the same object every step: move it once, not every step
+        x, y = batch
+        if x is not self.x_train and x is not self.x_test:
+            return x.to(device), y.to(device)
+        key = (id(x), str(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = (x.to(device), y.to(device))
+        return self._device_cache[key]

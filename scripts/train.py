@@ -1,0 +1,14 @@
+"""Train one run (or one K-seed ensemble): python scripts/train.py conf=synthetic_adam [key=value ...]
+
+Examples:
+    python scripts/train.py conf=synthetic_adam
+    python scripts/train.py conf=synthetic_gd data.alpha=0.3 seed=3 run.dir=/tmp/x
+"""
+
+import sys
+
+from adamgap.cli import main
+from adamgap.train import run
+
+if __name__ == "__main__":
+    sys.exit(main(run, sys.argv[1:]))

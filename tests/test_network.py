@@ -1,0 +1,149 @@
+"""The two-layer patch CNN of Section 3 (``adamgap/network.py``, ``adamgap/patches.py``) and the
+objective of Section 4 (``GapModule``: mean logistic loss + (lam/2)||W||_F^2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch.func import functional_call
+
+from adamgap.network import PatchCNN
+from adamgap.patches import SparsePatches, to_dense_patches
+from adamgap.train import build_datamodule, build_module
+
+K, B, P, D, M = 2, 4, 3, 6, 3  # replicas, examples, patches, d, filters per class
+
+
+def random_coordinates(seed: int = 0, L: int = 3, dtype=torch.float64):
+    """Per-patch coordinate lists (K, B, P, L) with repeats and zeros, as the data has."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(D, (K, B, P, L), generator=g)
+    value = torch.randn(K, B, P, L, generator=g, dtype=dtype)
+    value[0, 0, 0] = 0.0  # an all-zero patch
+    return index, value
+
+
+def net64(q: float = 3.0, linear: bool = False) -> PatchCNN:
+    # a large init so that many pre-activations are positive: the formula is exercised
+    return PatchCNN(D, M, q, sigma_0=1.0, seeds=[5, 6], linear=linear).double()
+
+
+def formula(net: PatchCNN, x: torch.Tensor) -> torch.Tensor:
+    """f(W, x) = F_{+1} - F_{-1}, F_j = sum_r sum_p sigma(<w_{j,r}, x_p>), by explicit loops."""
+    W = net.filters.detach()  # (K, 2, m, d): row 0 is j = +1, row 1 is j = -1
+    out = torch.zeros(K, B, dtype=x.dtype)
+    for k in range(K):
+        for b in range(B):
+            F_j = [0.0, 0.0]
+            for j in range(2):
+                for r in range(M):
+                    for p in range(P):
+                        z = sum(float(W[k, j, r, i]) * float(x[k, b, p, i]) for i in range(D))
+                        F_j[j] += z if net.linear else max(z, 0.0) ** net.q
+            out[k, b] = F_j[0] - F_j[1]
+    return out
+
+
+@pytest.mark.parametrize("q", [3.0, 2.0, 1.5])
+def test_forward_equals_the_formula(q):
+    net = net64(q)
+    x = to_dense_patches(*random_coordinates(), D)
+    expected = formula(net, x)
+    assert (expected != 0).all()
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_linear_model_is_the_formula_without_activation():
+    net = net64(linear=True)
+    x = to_dense_patches(*random_coordinates(), D)
+    torch.testing.assert_close(net(x), formula(net, x))
+    W = net.filters.detach()  # linear: f = <sum_r w_{+1,r} - w_{-1,r}, sum_p x_p>
+    direct = torch.einsum("kd,kbd->kb", W[:, 0].sum(1) - W[:, 1].sum(1), x.sum(2))
+    torch.testing.assert_close(net(x), direct)
+
+
+def test_filters_view_names_the_classes():
+    net = net64()
+    assert net.weight.shape == (K, D, 2, M) and net.filters.shape == (K, 2, M, D)
+    assert torch.equal(net.filters[1, 0, 2], net.weight[1, :, 0, 2])  # w_{+1,3} of replica 1
+    assert torch.equal(net.filters[0, 1, 0], net.weight[0, :, 1, 0])  # w_{-1,1} of replica 0
+
+
+@pytest.mark.parametrize("q", [3.0, 1.0])
+def test_sparse_and_dense_inputs_give_the_same_f_and_gradient(q):
+    index, value = random_coordinates()
+    sparse = SparsePatches.from_coordinates(index, value, D)
+    dense = to_dense_patches(index, value, D)
+    assert torch.equal(sparse.to_dense(), dense)
+    weights = torch.randn(K, B, dtype=torch.float64)
+    results = []
+    for x in (sparse, dense):
+        net = net64(q)
+        f = net(x)
+        (f * weights).sum().backward()
+        results.append((f.detach(), net.weight.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert results[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("linear", [False, True])
+def test_gradcheck_in_float64(sparse, linear):
+    index, value = random_coordinates(seed=1)
+    x = SparsePatches.from_coordinates(index, value, D) if sparse else to_dense_patches(
+        index, value, D)
+    net = net64(linear=linear)
+    w = net.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w: functional_call(net, {"weight": w}, (x,)), (w,))
+
+
+def test_init_std_is_sigma_0_and_is_fixed_by_the_seed():
+    sigma_0, d, m = 0.05, 1000, 20
+    w = PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight.detach().double()
+    N = w.numel()
+    assert N == 2 * m * d
+    assert abs(w.mean()) < 5 * sigma_0 / math.sqrt(N)
+    assert abs(w.std() - sigma_0) < 5 * sigma_0 / math.sqrt(2 * N)
+    ensemble = PatchCNN(d, m, sigma_0=sigma_0, seeds=[3, 0, 7]).weight
+    assert torch.equal(ensemble[1], PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight[0])
+    assert torch.equal(ensemble[2], PatchCNN(d, m, sigma_0=sigma_0, seeds=[7]).weight[0])
+    assert not torch.equal(ensemble[0], ensemble[1])
+    # the init stream is not the data stream: W(0) does not depend on q or the activation
+    assert torch.equal(PatchCNN(d, m, q=2.0, sigma_0=sigma_0, seeds=[0], linear=True).weight,
+                       PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight)
+
+
+# -- the objective (Section 4) -----------------------------------------------------------------
+
+def module_and_batch(name: str, *overrides: str):
+    cfg = tiny_config(name, "run.replicas=2", "optim.lam=0.3", *overrides)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    return build_module(cfg, dm), dm.train_batch(0)
+
+
+def test_l2_term_is_half_lambda_frobenius_norm_squared():
+    module, _ = module_and_batch("synthetic_gd")
+    W = module.net.filters.detach()  # (K, 2, m, d)
+    expected = torch.tensor([0.5 * 0.3 * sum(float(W[k, j, r].dot(W[k, j, r]))
+                                             for j in range(2) for r in range(W.shape[2]))
+                             for k in range(2)])
+    torch.testing.assert_close(module.penalty(), expected)
+
+
+@pytest.mark.parametrize("name, has_l2", [("synthetic_adam", True), ("synthetic_gd", True),
+                                          ("synthetic_signgd", True), ("synthetic_adamw", False)])
+def test_training_objective_is_mean_logistic_plus_l2_except_adamw(name, has_l2):
+    module, (x, y) = module_and_batch(name)
+    with torch.no_grad():
+        f = module.net(x)  # (K, n)
+        logistic = torch.log1p(torch.exp(-y * f.double())).mean(1)
+        norm2 = module.net.weight.double().square().flatten(1).sum(1)
+        expected = (logistic + (0.5 * 0.3 * norm2 if has_l2 else 0.0)).sum()
+        out = module.training_step((x, y), 0)
+    objective = out["loss"] if isinstance(out, dict) else out  # Lightning takes either form
+    torch.testing.assert_close(objective.double(), expected, rtol=1e-6, atol=0)

@@ -1,0 +1,134 @@
+"""Divergence: a non-finite loss, gradient or weight stops the run with one clear line.
+
+A run whose objective overflows would otherwise train on NaNs to the end and write a
+plausible-looking ``summary.json`` (a NaN network predicts one class: test error ~0.5).
+:class:`DivergenceCallback` watches, for every replica k of the ensemble and every step t,
+
+    the objective L_k(W(t)),   its gradient,   the weights W(t+1) after the update,
+
+and records the first step at which one of them is not finite (``step`` is the iteration
+index t, as in ``metrics.csv``). Cost, the choice made:
+
+- alone on a CPU (reading a number costs nothing there): every step one host-side sum of the
+  three quantities' sums (microseconds); only when it is not finite, an exact element-wise
+  check says which replica and quantity. The run stops at that very step.
+- on a GPU or under DDP: per-replica sums kept as a flag tensor on the device (a few kernels,
+  no host sync) and read every ``trainer.log_every`` steps and at the last step, where
+  Lightning synchronises to log anyway. The reported step is still exact; the run stops at the
+  next check (at most ``log_every - 1`` steps later). A sum also overflows when values reach
+  ~1e33, which then counts as divergence too.
+
+A replica that diverges is marked and the others train on (replicas never mix: their gradients
+are independent); once every replica has diverged, training stops with :class:`Diverged`. The
+summary then says ``status: "diverged"`` with ``diverged_step``, ``diverged_quantity`` and
+``error`` (the one line, also printed on stderr), and the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+QUANTITIES = ("loss", "gradient", "weights")  # in the order a divergence propagates
+
+
+def not_finite(tensors: list[Tensor], K: int) -> Tensor:
+    """(K,): whether replica k has a non-finite element in any of ``tensors``, each of which
+    carries the replica dimension first (any shape when K = 1)."""
+    return torch.stack([~x.detach().reshape(K, -1).isfinite().all(1) for x in tensors]).any(0)
+
+
+def totals(tensors: list[Tensor], K: int) -> Tensor:
+    """(K,): the sum of every element of replica k in ``tensors``. Not finite when one of them
+    is not, and also (harmlessly: such a run has diverged) when |values| near 1e33 overflow."""
+    return torch.cat([x.detach().reshape(K, -1) for x in tensors], dim=1).sum(1)
+
+
+class Diverged(Exception):
+    """Every replica has diverged: training stops (the message is the first replica's line)."""
+
+
+class DivergenceCallback(L.Callback):
+    """Finds the first non-finite loss, gradient or weight per replica (see the module doc)."""
+
+    def __init__(self, seeds: list[int], optim_name: str, lr: float, sync_every: int = 100):
+        self.seeds, self.optim_name, self.lr = list(seeds), optim_name, lr
+        self.sync_every = self.check_every = sync_every
+        self.first: Tensor | None = None  # (K,) first bad step per replica, -1 while finite
+        self.what: Tensor | None = None  # (K,) index into QUANTITIES
+        self.reported: set[int] = set()
+        self.messages: dict[int, str] = {}  # replica -> its line
+        self.params: list[Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.first is None:  # not restored from a checkpoint
+            self.first = torch.full((len(self.seeds),), -1, dtype=torch.long)
+            self.what = torch.zeros(len(self.seeds), dtype=torch.long)
+        self.first, self.what = self.first.to(module.device), self.what.to(module.device)
+        self.params = [p for p in module.parameters() if p.requires_grad]  # once, not per step
+        alone_on_cpu = module.device.type == "cpu" and trainer.world_size == 1
+        self.check_every = 1 if alone_on_cpu else self.sync_every  # reading flags costs a sync
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        t = trainer.global_step - 1  # the iteration that just ran
+        loss = outputs.get("objective", outputs["loss"])  # per replica when the module says
+        params = self.params
+        # gradients are still those of this step (Lightning zeroes them in the next closure),
+        # as the optimizer used them (under DDP already averaged over ranks)
+        groups = ([loss], [p.grad for p in params if p.grad is not None], params)
+        K = len(self.seeds)
+        if self.check_every == 1:  # alone on a CPU, where reading a number costs nothing
+            if math.isfinite(sum(x.sum().item() for g in groups for x in g)):
+                return  # the common case, in microseconds; otherwise look exactly:
+            bad = torch.stack([not_finite(g, K) for g in groups])  # (3, K)
+        else:  # on a GPU: a few kernels and no host sync; the flags are read at check steps
+            bad = ~torch.stack([totals(g, K) for g in groups]).isfinite()
+        new = bad.any(0) & (self.first < 0)
+        self.first = torch.where(new, t, self.first)
+        self.what = torch.where(new, bad.int().argmax(0), self.what)  # the earliest quantity
+        if trainer.global_step % self.check_every == 0 or trainer.global_step >= trainer.max_steps:
+            self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Report replicas that diverged since the last check; stop when all have."""
+        first, what = self.first.tolist(), self.what.tolist()  # the one host sync
+        for k, t in enumerate(first):
+            if t >= 0 and k not in self.reported:
+                self.reported.add(k)
+                self.messages[k] = self.line(self.seeds[k], t, QUANTITIES[what[k]])
+        # every rank sees the same weights and gradients; agree anyway before leaving the loop
+        if trainer.strategy.reduce_boolean_decision(all(t >= 0 for t in first), all=False):
+            raise Diverged(self.messages[min(self.messages)] if self.messages else "diverged")
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "what": self.what}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self.what = state["first"], state["what"]
+
+    def line(self, seed: int, step: int, quantity: str) -> str:
+        if step == 0 and quantity == "loss":
+            hint = "the initial network output overflows: lower model.sigma_0 or the data scale"
+        else:
+            hint = f"optim.lr={self.lr:g} is likely too large for {self.optim_name}"
+        return f"diverged at step {step} (seed {seed}): the {quantity} is not finite; {hint}"
+
+    def mark(self, summary: dict) -> dict:
+        """Set status, ``diverged_step``, ``diverged_quantity`` and ``error`` of the diverged
+        replicas in a run summary (flat or with ``replicas``); non-finite numbers become null."""
+        if not self.messages:
+            return summary
+        rows = summary.get("replicas", [summary])
+        first, what = self.first.tolist(), self.what.tolist()
+        for k in sorted(self.messages):
+            row = rows[k]
+            for key, value in row.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    row[key] = None
+            row.update(status="diverged", diverged_step=first[k],
+                       diverged_quantity=QUANTITIES[what[k]], error=self.messages[k])
+        summary["status"] = "diverged"
+        return summary

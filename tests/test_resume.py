@@ -1,0 +1,201 @@
+"""Checkpoint and resume (adamgap/checkpointing.py): a run stopped at any step and resumed with
+``run.resume=true`` ends with the same ``summary.json`` (every field but ``wall_seconds``),
+``alignment.csv`` and ``metrics.csv``, byte for byte, as the run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, tiny_config
+
+from adamgap import train
+from adamgap.checkpointing import AtomicCheckpointIO
+
+ROOT = Path(__file__).resolve().parent.parent
+# checkpoints at 20, 40, ...; evaluations at 40, 80, ...: both kinds of save point occur
+SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every=10",
+            "align.every=10", "run.checkpoint_every=20"]
+TASKS = {"adam": ("synthetic_adam", []),  # full batch
+         "sgd": ("synthetic_sgd", ["data.batch_size=8"]),  # mini-batches: data order matters
+         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
+
+
+class Crash(BaseException):
+    """Stands for a kill: nothing of the run is saved after it (Lightning only flushes logs)."""
+
+
+class At(L.Callback):
+    """Calls ``act()`` once, at the end of training step ``step`` (before any checkpoint)."""
+
+    def __init__(self, step: int, act):
+        self.step, self.act, self.done = step, act, False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.done:
+            self.done = True
+            self.act()
+
+
+@pytest.fixture
+def with_callback(monkeypatch):
+    """Make ``train.run`` use one more callback (for the rest of the test)."""
+    def add(callback: L.Callback) -> None:
+        trainer_cls = L.Trainer
+
+        def trainer(*args, callbacks=(), **kwargs):
+            return trainer_cls(*args, callbacks=[callback, *callbacks], **kwargs)
+
+        monkeypatch.setattr(train.L, "Trainer", trainer)
+    return add
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of each task, computed once."""
+    cache = {}
+
+    def get(task: str) -> Path:
+        if task not in cache:
+            name, extra = TASKS[task]
+            run_dir = tmp_path_factory.mktemp("reference") / task
+            torch.set_num_threads(1)
+            train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}"))
+            cache[task] = run_dir
+        return cache[task]
+    return get
+
+
+def computed_summary(run_dir: Path) -> dict:
+    """``summary.json`` without what is not computed: the wall times."""
+    out = json.loads((run_dir / "summary.json").read_text())
+    for row in [out, *out.get("replicas", [])]:
+        row.pop("wall_seconds")
+    return out
+
+
+def assert_same_run(ref: Path, run_dir: Path) -> None:
+    assert computed_summary(run_dir) == computed_summary(ref)
+    for name in ("alignment.csv", "metrics.csv"):
+        assert (run_dir / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def resume(task: str, run_dir: Path) -> dict:
+    name, extra = TASKS[task]
+    return train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}",
+                                 "run.resume=true"))
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    return ckpt["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, crash_at, resumes_from", [
+    ("adam", 10, None),  # before the first checkpoint: starts again
+    ("adam", 47, 40),  # checkpoint taken after the evaluation of step 40
+    ("adam", 73, 60),  # checkpoint at the end of a training step
+    ("sgd", 93, 80),
+    ("ensemble", 73, 60),
+])
+def test_crash_then_resume_equals_uninterrupted(task, crash_at, resumes_from, tmp_path,
+                                                reference, with_callback):
+    ref = reference(task)
+    run_dir = tmp_path / "run"
+    name, extra = TASKS[task]
+    with_callback(At(crash_at, lambda: (_ for _ in ()).throw(Crash())))
+    with pytest.raises(Crash):
+        train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}"))
+    assert not (run_dir / "summary.json").exists()
+    if resumes_from is None:
+        assert not (run_dir / "checkpoints").exists()
+    else:
+        assert checkpoint_step(run_dir) == resumes_from
+    summary = resume(task, run_dir)
+    assert summary["status"] == "completed" and summary["steps"] == 150
+    assert_same_run(ref, run_dir)
+    assert not (run_dir / "metrics.resume.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, step, saved", [
+    (signal.SIGTERM, 33, 33),  # saved at the end of step 33
+    (signal.SIGUSR1, 80, 80),  # outside Slurm SIGUSR1 stops too; saved after step 80's eval
+])
+def test_signal_checkpoints_stops_and_resumes(signum, step, saved, tmp_path, reference,
+                                              with_callback):
+    ref = reference("adam")
+    run_dir = tmp_path / "run"
+    with_callback(At(step, lambda: os.kill(os.getpid(), signum)))
+    summary = train.run(tiny_config("synthetic_adam", *SETTINGS, f"run.dir={run_dir}"))
+    assert summary["status"] == "interrupted" and summary["steps"] == step
+    assert summary["error"] == (f"stopped by {signum.name} at step {step} (checkpoint: step "
+                                f"{saved}); continue with run.resume=true")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert checkpoint_step(run_dir) == saved
+    assert resume("adam", run_dir)["status"] == "completed"
+    assert_same_run(ref, run_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_arbitrary_step_then_resume(tmp_path):
+    """A real process, killed with SIGKILL at a random moment after its first checkpoint."""
+    settings = ["trainer.max_steps=1500", "trainer.eval_every=400", "trainer.log_every=50",
+                "align.every=50", "run.checkpoint_every=100", "data.batch_size=8"]
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    args = ["conf=synthetic_sgd", *TINY, *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float arithmetic as in-process
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", *args, f"run.dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()  # it was really killed mid-run
+    killed_at = checkpoint_step(run_dir)
+    assert 100 <= killed_at < 1500 and killed_at % 100 == 0
+
+    train.run(tiny_config("synthetic_sgd", *settings, f"run.dir={ref}"))
+    summary = train.run(tiny_config("synthetic_sgd", *settings, f"run.dir={run_dir}",
+                                    "run.resume=true"))
+    assert summary["status"] == "completed" and summary["steps"] == 1500
+    assert_same_run(ref, run_dir)
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    """A write that dies half-way leaves the previous checkpoint whole and no debris."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        io.save_checkpoint({"global_step": 2, "w": torch.ones(1000), "x": Unpicklable()}, path)
+    assert io.load_checkpoint(path)["global_step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_completed_run_is_not_rerun_on_resume(tmp_path):
+    cfg = ["trainer.max_steps=30", "trainer.eval_every=10"]
+    first = train.run(tiny_config("synthetic_adam", *cfg, tmp_path=tmp_path))
+    again = train.run(tiny_config("synthetic_adam", *cfg, "run.resume=true", tmp_path=tmp_path))
+    assert again == json.loads(json.dumps(first))  # summary.json as written, nothing trained

@@ -76,10 +76,10 @@ class AlignmentCallback(L.Callback):
         self.rows: list[dict] = []
 
     @torch.no_grad()
-    def record(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def record(self, trainer: L.Trainer, module: L.LightningModule, direct: bool = False) -> None:
         step = trainer.global_step
-        if self.steps and self.steps[-1] == step:
-            return
+        if not trainer.is_global_zero or (self.steps and self.steps[-1] == step):
+            return  # under DDP every rank holds the same W: rank 0 alone measures and writes
         dm = trainer.datamodule
         feature = feature_learning(module.net, dm.features).cpu()
         noise = noise_memorization(module.net, dm.train_noise, dm.y_train).cpu()
@@ -91,10 +91,26 @@ class AlignmentCallback(L.Callback):
         for k, seed in enumerate(seeds):
             self.rows.append({"step": step, "seed": seed,
                               **{key: float(v[k]) for key, v in summary.items()}})
-        module.log_dict({f"align/{key}": v.mean() for key, v in summary.items()})
+        values = {f"align/{key}": float(v.mean()) for key, v in summary.items()}
+        # Straight to the loggers: self.log reaches them only on Lightning's log_every_n_steps
+        # cadence, so a record between two of its steps would arrive later under a wrong step, or
+        # never. Inside a training batch Lightning labels logs with the step before the update
+        # (and wandb drops steps that go back), so a batch's record carries that label too.
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step if direct else step - 1)
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.record(trainer, module)
+        if trainer.global_step == 0:  # a resumed run has step 0 in its restored history
+            self.record(trainer, module, direct=True)
+
+    def state_dict(self) -> dict:
+        """The history so far: Lightning keeps it in checkpoints and a resumed run appends."""
+        return {"steps": self.steps, "feature": self.feature, "noise": self.noise,
+                "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.feature, self.noise, self.rows = (
+            list(state[k]) for k in ("steps", "feature", "noise", "rows"))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps taken so far
@@ -102,13 +118,16 @@ class AlignmentCallback(L.Callback):
             self.record(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.record(trainer, module)  # no-op when the last step was already recorded
+        self.record(trainer, module, direct=True)  # no-op when the last step was recorded
         if trainer.is_global_zero:
             self.write()
 
     # -- outputs ------------------------------------------------------------------------------
     def history(self) -> dict[str, Tensor]:
-        """Per-replica summary trajectories: key -> (records, K); plus ``step``."""
+        """Per-replica summary trajectories: key -> (records, K); plus ``step``. Empty on DDP
+        ranks other than 0."""
+        if not self.rows:
+            return {}
         keys = SUMMARY_KEYS
         K = self.feature[0].shape[0]
         out = {k: torch.tensor([r[k] for r in self.rows]).view(-1, K) for k in keys}

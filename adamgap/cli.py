@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Callable
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from adamgap.config import ConfigError, load_config, parse_overrides
 
 
@@ -23,7 +25,10 @@ def main(run: Callable, argv: list[str]) -> int:
         return 2
     keys = ("status", "train_error", "test_error", "feature_learning", "noise_memorization",
             "wall_seconds")
-    for row in summary.get("replicas", [summary]):
+    rows = summary.get("replicas", [summary]) if rank_zero_only.rank == 0 else []  # DDP: once
+    for row in rows:
         print(json.dumps({"conf": summary["conf"], "seed": row["seed"],
                           **{k: row[k] for k in keys if k in row}}))
+        if row.get("error"):  # diverged or interrupted: the one line that says why
+            print(f"error: {row['error']}", file=sys.stderr)
     return 0 if summary.get("status") == "completed" else 1

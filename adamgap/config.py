@@ -10,6 +10,7 @@ impossible values with a :class:`ConfigError` whose message is one line naming t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Definition 3.1: feature patch ``y v`` and noise patches ``xi = xi' - alpha y v``."""
 
-    task: str = "synthetic"  # synthetic (Definition 3.1)
+    task: str = "synthetic"  # synthetic (Definition 3.1) | planted | image_patches | images
     d: int = 1000  # patch dimension
     n: int = 200  # training examples
     n_test: int = 10_000  # held-out examples for the test error
@@ -42,6 +43,20 @@ class DataConfig:
     patches: int = 2  # P: one feature patch and P - 1 noise patches
     batch_size: Optional[int] = None  # null -> n (full batch)
     sparse: Optional[bool] = None  # sparse patch matrices; null -> when less than 25% dense
+    # -- real images (tasks planted, image_patches, images; docs/realdata.md) ----------------
+    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 (torchvision)
+    root: str = "~/.cache/adamgap/datasets"  # torchvision layout; Fashion-MNIST comes from Debian
+    download: bool = False  # let torchvision download a missing dataset (needs internet)
+    classes: Optional[list[int]] = None  # dataset labels used; null -> all (planted: two, +1/-1)
+    image_size: Optional[int] = None  # area-downscale images to this side; null -> native
+    normalize: str = "unit"  # unit: ||x||_2 = 1 | centered: minus the mean image, then unit | none
+    basis: str = "pixel"  # planted: feature coordinates are pixels | dct (orthonormal 2-D DCT-II)
+    feature_k: Optional[int] = None  # planted: keep the k largest |coordinates|; null -> all
+    noise_coords: str = "all"  # planted: xi' on s of all d coordinates | outside the image's D
+    feature_noise: str = "opposite"  # planted: +alpha x opposite-class image | same: -alpha x own
+    grid: int = 4  # image_patches: grid x grid non-overlapping patches per image (P = grid^2)
+    augment: bool = False  # images: random crop (padding 4) and horizontal flip
+    workers: int = 0  # images: DataLoader worker processes
 
 
 @dataclass
@@ -87,6 +102,8 @@ class TrainerConfig:
     log_every: int = 100  # steps between logged train metrics (logging every step costs time)
     eval_every: int = 1000  # steps between test-error evaluations (and at the end)
     progress_bar: bool = True
+    deterministic: Any = True  # torch deterministic algorithms: true | false | warn (on GPUs:
+    # docs/reliability.md)
 
 
 @dataclass
@@ -102,9 +119,10 @@ class WandbConfig:
     enabled: bool = False
     mode: str = "offline"  # offline | online | disabled
     project: str = "adamgap"
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    name: Optional[str] = None
+    entity: Optional[str] = None  # W&B team or user; null -> your default entity
+    group: Optional[str] = None  # null -> the sweep's name, or conf (adamgap/wandb_run.py)
+    tags: list[str] = field(default_factory=list)  # added to optim:<name> task:<task> conf:<name>
+    name: Optional[str] = None  # null -> <conf>-s<seed>
 
 
 @dataclass
@@ -115,7 +133,8 @@ class LoggerConfig:
 @dataclass
 class RunConfig:
     dir: Optional[str] = None  # null -> runs/<conf>/<timestamp>-s<seed>
-    resume: bool = False
+    resume: bool = False  # continue run.dir from its last checkpoint (docs/reliability.md)
+    checkpoint_every: int = 1000  # steps between checkpoints/last.ckpt; 0: only on SIGTERM
     replicas: int = 1  # K seeds (seed, seed+1, ..., seed+K-1) trained at once as one ensemble
 
 
@@ -143,11 +162,16 @@ def conf_names() -> list[str]:
 def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
     """Read ``conf/NAME.yaml`` and, recursively, the experiment it names as ``base``."""
     path = CONF_DIR / f"{name}.yaml"
+    which = f"conf={chain[-1]}: base {name}" if chain else f"conf={name}"
     if not path.is_file():
-        raise ConfigError(f"conf={name}: no file {path}; available: {', '.join(conf_names())}")
+        raise ConfigError(f"{which}: no file {path}; available: {', '.join(conf_names())}")
     if name in chain:
         raise ConfigError(f"conf={name}: 'base' chain loops ({' -> '.join(chain + (name,))})")
-    node = OmegaConf.load(path)
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # the YAML parser's errors are not OmegaConf's
+        raise ConfigError(f"{which}: {path} is not valid YAML: {str(err).splitlines()[0]}") \
+            from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"conf={name}: {path} must hold a mapping of config keys")
     base = node.pop("base", None)
@@ -160,13 +184,27 @@ def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
+        key = getattr(err, "full_key", None) or _culprit(schema, node)
         msg = str(err).splitlines()[0]
         if "not in" in msg:
             parent = OmegaConf.select(schema, key.rpartition(".")[0]) if "." in key else schema
             allowed = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else ""
             raise ConfigError(f"unknown config key '{key}' ({where}); allowed: {allowed}") from None
         raise ConfigError(f"bad value for '{key}' ({where}): {msg}") from None
+
+
+def _culprit(schema: DictConfig, node: Any, prefix: str = "") -> str:
+    """The dotted key of ``node`` that does not merge into ``schema`` (OmegaConf names none
+    when a whole group, e.g. ``data=5``, is replaced by a value)."""
+    for key, value in node.items():
+        try:
+            OmegaConf.merge(schema, {key: value})
+        except OmegaConfBaseException:
+            child = schema.get(key) if isinstance(schema, DictConfig) else None
+            if isinstance(value, DictConfig) and isinstance(child, DictConfig):
+                return _culprit(child, value, f"{prefix}{key}.")
+            return f"{prefix}{key}"
+    return "?"
 
 
 def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
@@ -176,6 +214,8 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
         if "=" not in arg:
             raise ConfigError(f"argument '{arg}' is not key=value (e.g. conf=synthetic_adam seed=3)")
         key, _, value = arg.partition("=")
+        if not key:
+            raise ConfigError(f"argument '{arg}' has no key before '=' (e.g. seed=3)")
         if key == "conf":
             name = value
         else:
@@ -191,13 +231,23 @@ def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = 
     cfg.conf = name
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # OmegaConf's errors, and the YAML parser's for values like [1,2
+        bad = next(item for item in overrides if not _parses(item))
+        raise ConfigError(f"cannot parse '{bad}': its value is not valid YAML "
+                          f"({str(err).splitlines()[0]})") from None
     if "conf" in dotlist:
         raise ConfigError("'conf' is chosen with conf=NAME, not overridden inside a config")
     cfg = _merge(cfg, dotlist, "command line")
     validate(cfg)
     return cfg
+
+
+def _parses(item: str) -> bool:
+    try:
+        OmegaConf.from_dotlist([item])
+    except Exception:
+        return False
+    return True
 
 
 def _check(ok: bool, key: str, allowed: str, cfg: DictConfig) -> None:
@@ -215,7 +265,10 @@ def validate(cfg: DictConfig) -> None:
     _check(d.d >= 2, "data.d", "an integer >= 2", cfg)
     _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
     _check(d.n_test > 0, "data.n_test", "an integer > 0", cfg)
-    _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
+    if d.task == "synthetic":
+        _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
+    else:
+        _validate_images(cfg)
     _check(d.sigma_p is None or d.sigma_p >= 0, "data.sigma_p", "null (1/sqrt(s)) or >= 0", cfg)
     _check(math.isfinite(d.alpha) and d.alpha >= 0, "data.alpha", "a number >= 0", cfg)
     _check(d.labels in ("balanced", "rademacher"), "data.labels", "balanced | rademacher", cfg)
@@ -229,7 +282,10 @@ def validate(cfg: DictConfig) -> None:
         free = sum(1 for x in d.v if x == 0)
         _check(d.s <= free, "data.s", f"at most the {free} coordinates outside supp(v)", cfg)
     mo = cfg.model
-    _check(mo.name in ("patch_cnn", "linear"), "model.name", "patch_cnn | linear", cfg)
+    _check(mo.name in ("patch_cnn", "linear", "resnet18"), "model.name",
+           "patch_cnn | linear | resnet18", cfg)
+    _check((mo.name == "resnet18") == (d.task == "images"), "model.name",
+           "resnet18 exactly when data.task=images", cfg)
     _check(mo.m >= 1, "model.m", "an integer >= 1", cfg)
     _check(mo.q >= 1, "model.q", "a number >= 1", cfg)
     _check(mo.sigma_0 >= 0, "model.sigma_0", "a number >= 0", cfg)
@@ -251,15 +307,108 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_steps >= 1, "trainer.max_steps", "an integer >= 1", cfg)
     _check(t.log_every >= 1, "trainer.log_every", "an integer >= 1", cfg)
     _check(t.eval_every >= 1, "trainer.eval_every", "an integer >= 1", cfg)
+    _check(not t.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")), "trainer.strategy",
+           "auto | ddp | ... (spawned or forked ranks would keep the run summary to themselves)",
+           cfg)
+    world = t.num_nodes * (t.devices if isinstance(t.devices, int) else
+                           len(t.devices) if isinstance(t.devices, ListConfig) else 1)
+    if world > 1:  # DDP: every rank a shard of equal size (data.py)
+        _check(d.n % world == 0, "data.n",
+               f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
+        _check(d.batch_size is None or d.batch_size % world == 0, "data.batch_size",
+               f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
     _check(cfg.align.every >= 1, "align.every", "an integer >= 1", cfg)
     w = cfg.logger.wandb
     _check(w.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
            "offline | online | disabled", cfg)
     _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
+    _check(cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0 (0: off)", cfg)
+    _check(t.deterministic in (True, False, "warn"), "trainer.deterministic",
+           "true | false | warn", cfg)
     _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg)
+    _check_trainer(cfg)
 
 
-TASKS = ("synthetic",)
+def _check_trainer(cfg: DictConfig) -> None:
+    """Lightning judges its own arguments (names, combinations, what this machine has): ask it
+    now, before a run directory exists, rather than when the run builds its Trainer."""
+    t = cfg.trainer
+    devices = tuple(t.devices) if isinstance(t.devices, ListConfig) else t.devices
+    error = _trainer_error(t.accelerator, devices, t.num_nodes, t.strategy, t.precision)
+    if error is not None:
+        key = next((k for k in ("precision", "strategy", "num_nodes", "devices", "accelerator")
+                    if k in error), "accelerator")
+        value = OmegaConf.to_container(t)[key]
+        raise ConfigError(f"trainer.{key}={value!r} is not allowed: {error}")
+
+
+@functools.lru_cache(maxsize=32)
+def _trainer_error(accelerator: str, devices: Any, num_nodes: int, strategy: str,
+                   precision: str) -> str | None:
+    import logging
+    import warnings
+
+    import lightning as L
+
+    log = logging.getLogger("lightning.pytorch")
+    level = log.level
+    log.setLevel(logging.ERROR)  # this Trainer is a question, not a run: no banner
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(accelerator=accelerator, num_nodes=num_nodes, strategy=strategy,
+                      devices=list(devices) if isinstance(devices, tuple) else devices,
+                      precision=precision, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    except Exception as err:  # Lightning raises ValueError, TypeError, MisconfigurationException
+        return str(err).splitlines()[0]
+    finally:
+        log.setLevel(level)
+    return None
+
+
+TASKS = ("synthetic", "planted", "image_patches", "images")
+
+
+def _validate_images(cfg: DictConfig) -> None:
+    """The real-image tasks' settings (shapes come from ``adamgap.datasets.SHAPES``)."""
+    from adamgap.datasets import NUM_CLASSES, SHAPES, image_dim
+
+    d = cfg.data
+    _check(d.dataset in SHAPES, "data.dataset", " | ".join(SHAPES), cfg)
+    C, side, _ = SHAPES[d.dataset]
+    total = NUM_CLASSES[d.dataset]
+    classes = list(range(total)) if d.classes is None else list(d.classes)
+    _check(len(set(classes)) == len(classes) >= 2 and all(0 <= c < total for c in classes),
+           "data.classes", f"null (all) or >= 2 distinct labels in 0..{total - 1}", cfg)
+    _check(d.image_size is None or 1 <= d.image_size <= side, "data.image_size",
+           f"null or 1..{side}", cfg)
+    _check(d.normalize in ("unit", "centered", "none"), "data.normalize",
+           "unit | centered | none", cfg)
+    _check(d.basis in ("pixel", "dct"), "data.basis", "pixel | dct", cfg)
+    _check(d.noise_coords in ("all", "outside"), "data.noise_coords", "all | outside", cfg)
+    _check(d.feature_noise in ("opposite", "same"), "data.feature_noise", "opposite | same", cfg)
+    _check(d.workers >= 0, "data.workers", "an integer >= 0", cfg)
+    D = image_dim(d.dataset, d.image_size)
+    align_ok = d.task == "planted" or (d.task == "image_patches" and len(classes) == 2)
+    _check(align_ok or not cfg.align.enabled, "align.enabled",
+           "false here: alignment needs two classes and patch inputs", cfg)
+    if d.task == "planted":
+        _check(len(classes) == 2, "data.classes", "two labels [y=+1, y=-1], e.g. [0, 1]", cfg)
+        _check(d.d >= D, "data.d", f">= the image dimension D={D} (it is embedded in R^d)", cfg)
+        free = d.d if d.noise_coords == "all" else d.d - D
+        _check(0 <= d.s <= free, "data.s", f"0..{free} (noise_coords={d.noise_coords})", cfg)
+        _check(d.feature_k is None or 1 <= d.feature_k <= D, "data.feature_k",
+               f"null or 1..{D}", cfg)
+    elif d.task == "image_patches":
+        size = d.image_size or side
+        _check(d.grid >= 1 and size % d.grid == 0, "data.grid",
+               f"a divisor of the image side {size}", cfg)
+        _check(d.d == C * (size // d.grid) ** 2, "data.d",
+               f"the patch dimension C*(side/grid)^2 = {C * (size // d.grid) ** 2}", cfg)
+        _check(d.patches == d.grid**2, "data.patches", f"grid^2 = {d.grid**2}", cfg)
+    else:
+        _check(cfg.run.replicas == 1, "run.replicas", "1 with data.task=images", cfg)
 
 
 def _known_optimizer(name: str) -> bool:
@@ -274,3 +423,14 @@ def _known_optimizer(name: str) -> bool:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The resolved ``config.yaml`` of a run directory, merged onto the schema and validated
+    (so a run written before a new setting existed gets that setting's default)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: no config.yaml")
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.load(path), str(path))
+    validate(cfg)
+    return cfg

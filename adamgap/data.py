@@ -69,23 +69,10 @@ def make_patches(seed: int, n: int, d: int, s: int, sigma_p: float, alpha: float
                  labels: str, feature_position: str, patches: int, stream: str) -> PatchSet:
     """Draw ``n`` examples of Definition 3.1 for one replica (``PatchSet`` with K = 1)."""
     g = generator(seed, stream)
-    if labels == "balanced":
-        y = torch.ones(n)
-        y[n // 2:] = -1.0  # n/2 of each class (ceil for +1 when n is odd)
-        y[: n - n // 2] = 1.0
-        y = y[torch.randperm(n, generator=g)]
-    else:
-        y = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0)
-    if feature_position == "random":
-        where = torch.randint(patches, (n,), generator=g)
-    else:
-        where = torch.zeros(n, dtype=torch.long)
+    y, where = labels_and_positions(n, labels, feature_position, patches, g)
     support = v.nonzero().flatten()
     free = (v == 0).nonzero().flatten()  # noise never touches the feature's coordinates
-    # s coordinates per noise patch, uniform without replacement among the free ones
-    keys = torch.rand(n, patches, free.numel(), generator=g)
-    noise_idx = free[keys.topk(s, dim=-1).indices.sort(dim=-1).values]  # (n, P, s)
-    noise_val = torch.randn(n, patches, s, generator=g) * sigma_p
+    noise_idx, noise_val = sparse_noise(n, patches, free, s, sigma_p, g)  # (n, P, s) each
     L = s + support.numel()
     index = torch.empty(n, patches, L, dtype=torch.long)
     value = torch.empty(n, patches, L)
@@ -101,6 +88,32 @@ def make_patches(seed: int, n: int, d: int, s: int, sigma_p: float, alpha: float
     return PatchSet(index[None], value[None], y[None], where[None], d)
 
 
+def labels_and_positions(n: int, labels: str, feature_position: str, patches: int,
+                         g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Labels y (n,) in {+1., -1.} and the feature patch's position (n,) of n examples."""
+    if labels == "balanced":
+        y = torch.ones(n)
+        y[n // 2:] = -1.0  # n/2 of each class (ceil for +1 when n is odd)
+        y[: n - n // 2] = 1.0
+        y = y[torch.randperm(n, generator=g)]
+    else:
+        y = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0)
+    if feature_position == "random":
+        where = torch.randint(patches, (n,), generator=g)
+    else:
+        where = torch.zeros(n, dtype=torch.long)
+    return y, where
+
+
+def sparse_noise(n: int, patches: int, free: Tensor, s: int, sigma_p: float,
+                 g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """xi' of Definition 3.1 for n x P patches: s coordinates, uniform without replacement among
+    ``free``, each N(0, sigma_p^2). Returns coordinates and values, (n, P, s) each."""
+    keys = torch.rand(n, patches, free.numel(), generator=g)
+    index = free[keys.topk(s, dim=-1).indices.sort(dim=-1).values]
+    return index, torch.randn(n, patches, s, generator=g) * sigma_p
+
+
 def stack(sets: list[PatchSet]) -> PatchSet:
     """Stack single-replica sets along the replica dimension."""
     return PatchSet(*(torch.cat([getattr(p, f) for p in sets]) for f in
@@ -110,13 +123,18 @@ def stack(sets: list[PatchSet]) -> PatchSet:
 class StepBatches(Dataset):
     """Item t is the training batch of step ``start + t``: the full batch, or for mini-batches
     the t-th slice of a per-replica, per-epoch random permutation. A function of the step alone,
-    so a resumed run sees the same data order as an uninterrupted one."""
+    so a resumed run sees the same data order as an uninterrupted one.
+
+    The run is one epoch of ``steps`` batches and the length says so even when resumed at
+    ``start``: Lightning restores its in-epoch batch counter to ``start`` and ends the epoch
+    when that counter reaches the length (a shorter length would end it early and replay the
+    data). Items past ``steps - start`` are never fetched."""
 
     def __init__(self, dm: "SyntheticDataModule", steps: int, start: int = 0) -> None:
         self.dm, self.steps, self.start = dm, steps, start
 
     def __len__(self) -> int:
-        return self.steps - self.start
+        return self.steps
 
     def __getitem__(self, t: int):
         return self.dm.train_batch(self.start + t)
@@ -126,6 +144,8 @@ class SyntheticDataModule(L.LightningDataModule):
     """Definition 3.1 data for replicas ``seeds``; exposes what the alignment callback reads:
     ``features`` (K, 2, d) rows ``j v`` for j = +1, -1, ``train_noise`` (K, n, P-1, d) the
     noise patches ``xi_i`` and ``y_train`` (K, n)."""
+
+    shards_for_ddp = True  # each DDP rank takes its own block of examples (``_shard``)
 
     def __init__(self, seeds: list[int], d: int = 1000, n: int = 200, n_test: int = 10_000,
                  s: int = 100, sigma_p: float | None = None, alpha: float = 0.2,
@@ -151,25 +171,58 @@ class SyntheticDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._made:
             return
-        args = (self.d, self.s, self.sigma_p, self.alpha, self.v, self.labels,
-                self.feature_position, self.patches)
-        self.train = stack([make_patches(k, self.n, *args, stream="train") for k in self.seeds])
-        self.test = stack([make_patches(k, self.n_test, *args, stream="test") for k in self.seeds])
+        self.train = stack([self.make_set(k, self.n, "train") for k in self.seeds])
+        self.test = stack([self.make_set(k, self.n_test, "test") for k in self.seeds])
         self.x_train = self.train.inputs(self.sparse)
         self.x_test = self.test.inputs(self.sparse)
         self.y_train, self.y_test = self.train.y, self.test.y
-        self.features = torch.stack([self.v, -self.v])[None].expand(len(self.seeds), 2, self.d)
+        self.features = self.class_features()
         self.train_noise = self.train.noise_patches(self.sparse)
+        self.rank, self.world = self._rank_world()
+        self.full_batch = self._shard(self.train, self.x_train, self.y_train)
+        self.val_batches = [self.full_batch, self._shard(self.test, self.x_test, self.y_test)]
         self._made = True
+
+    def _rank_world(self) -> tuple[int, int]:
+        """(rank, number of ranks) under DDP; (0, 1) in a single process or without a Trainer.
+        Training batches must split evenly: each rank's loss is the mean over its shard and DDP
+        averages the ranks' gradients, which equals the full mean only for equal shards."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return 0, 1
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if self.n % world or self.batch_size % world:
+            raise ValueError(f"data.n={self.n} and the batch size {self.batch_size} must be "
+                             f"divisible by the number of DDP processes ({world})")
+        return rank, world
+
+    def _shard(self, patches: PatchSet, x, y: Tensor):
+        """This rank's contiguous block of examples as (inputs, labels); everything when alone.
+        (Evaluation blocks may differ in size: the metrics sum counts over ranks.)"""
+        if self.world == 1:
+            return x, y
+        rows = torch.tensor_split(torch.arange(y.shape[1]), self.world)[self.rank]
+        rows = rows.expand(y.shape[0], -1)  # (K, N / world)
+        return patches.inputs(self.sparse, rows), y.gather(1, rows)
+
+    def make_set(self, seed: int, n: int, stream: str) -> PatchSet:
+        """``n`` examples of replica ``seed`` from random stream ``stream`` (train | test)."""
+        return make_patches(seed, n, self.d, self.s, self.sigma_p, self.alpha, self.v,
+                            self.labels, self.feature_position, self.patches, stream)
+
+    def class_features(self) -> Tensor:
+        """The direction of class j in row j, (K, 2, d): here ``j v``."""
+        return torch.stack([self.v, -self.v])[None].expand(len(self.seeds), 2, self.d)
 
     def train_batch(self, step: int):
         """(inputs, labels) of training step ``step``."""
         if self.batch_size == self.n:
-            return self.x_train, self.y_train
+            return self.full_batch
         per_epoch = self.n // self.batch_size
         epoch, i = divmod(step, per_epoch)
+        b = self.batch_size // self.world  # under DDP, this rank's part of the batch
+        start = i * self.batch_size + self.rank * b
         rows = torch.stack([torch.randperm(self.n, generator=generator(k, f"epoch{epoch}"))
-                            for k in self.seeds])[:, i * self.batch_size:(i + 1) * self.batch_size]
+                            for k in self.seeds])[:, start:start + b]
         return self.train.inputs(self.sparse, rows), self.y_train.gather(1, rows)
 
     def train_dataloader(self) -> DataLoader:
@@ -177,14 +230,14 @@ class SyntheticDataModule(L.LightningDataModule):
         return DataLoader(StepBatches(self, self.max_steps, start), batch_size=None)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """Full training set (train error and loss) and test set, one batch each."""
-        return [DataLoader([(self.x_train, self.y_train)], batch_size=None),
-                DataLoader([(self.x_test, self.y_test)], batch_size=None)]
+        """Full training set (train error and loss) and test set, one batch each (under DDP,
+        this rank's block of each)."""
+        return [DataLoader([batch], batch_size=None) for batch in self.val_batches]
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # the full batch is the same object every step: move it once, not every step
         x, y = batch
-        if x is not self.x_train and x is not self.x_test:
+        if all(x is not fixed for fixed, _ in self.val_batches):
             return x.to(device), y.to(device)
         key = (id(x), str(device))
         if key not in self._device_cache:

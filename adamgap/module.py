@@ -15,13 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy
 from torchmetrics.wrappers import MultioutputWrapper
 
 from adamgap.network import PatchCNN
 from adamgap.optimizers import build_optimizer
 
 SPLITS = ("train", "test")  # validation dataloader 0 is the full training set, 1 the test set
+
+
+class _SquaredNorm(torch.autograd.Function):
+    """``||w_k||^2`` per row k of a (K, N) tensor, and its gradient ``2 w_k``, in one pass each
+    way: autograd's ``square().sum()`` makes four passes over W, a large share of a CPU step."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return torch.linalg.vecdot(w, w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (w,) = ctx.saved_tensors
+        return w * (2 * grad)[:, None]
 
 
 class GapModule(L.LightningModule):
@@ -33,42 +47,61 @@ class GapModule(L.LightningModule):
         self.optim = dict(optim)
         self.lam = 0.0 if optim["name"] == "adamw" else float(optim["lam"])
         self.max_steps, self.log_every = max_steps, log_every
-        K = net.weight.shape[0]
-        # per-replica metrics: samplewise accuracy over a (K, B) batch gives K accuracies
-        self.accuracy = torch.nn.ModuleList(
-            [BinaryAccuracy(multidim_average="samplewise") for _ in SPLITS])
+        K, self.classes = net.replicas, net.classes
+        # per-replica means with summed states, so that DDP ranks evaluating disjoint blocks of
+        # a split reduce to the error over the whole split (samplewise accuracy concatenates)
+        self.mean_error = torch.nn.ModuleList(
+            [MultioutputWrapper(MeanMetric(), num_outputs=K) for _ in SPLITS])
         self.mean_loss = torch.nn.ModuleList(
             [MultioutputWrapper(MeanMetric(), num_outputs=K) for _ in SPLITS])
         self.last: dict[str, Tensor] = {}  # latest per-replica values, for the run summary
 
     # -- objective ----------------------------------------------------------------------------
     def data_loss(self, f: Tensor, y: Tensor) -> Tensor:
-        """Logistic loss log(1 + exp(-y f)) per example, (K, B)."""
-        return F.softplus(-y * f)
+        """Logistic loss log(1 + exp(-y f)) per example, (K, B); with C > 2 classes (logits f
+        (K, B, C), labels y in 0..C-1) its multi-class form, the cross-entropy."""
+        if self.classes == 2:
+            return F.softplus(-y * f)
+        return F.cross_entropy(f.transpose(1, 2), y.long(), reduction="none")
+
+    def errors(self, f: Tensor, y: Tensor) -> Tensor:
+        """Misclassified examples (K, B): sign(f) != y, or argmax_j F_j != y with C > 2."""
+        if self.classes == 2:
+            return (f > 0) != (y > 0)
+        return f.argmax(-1) != y.long()
 
     def penalty(self) -> Tensor:
-        """(lam / 2) ||W||_F^2 per replica, (K,)."""
-        return 0.5 * self.lam * self.net.weight.square().flatten(1).sum(1)
+        """(lam / 2) ||W||_F^2 per replica, (K,) (W: all of the network's parameters)."""
+        K = self.net.replicas
+        return 0.5 * self.lam * sum(_SquaredNorm.apply(p.reshape(K, -1))
+                                    for p in self.net.parameters())
 
     def _log_now(self) -> bool:
+        # Lightning hands step-level logs to the loggers on iterations t with (t + 1) % k == 0
+        # (Trainer(log_every_n_steps=k)); a value logged on another iteration would reach
+        # metrics.csv k - 1 steps late, under the later step, and only if nothing replaced it
         step = self.global_step
-        return step % self.log_every == 0 or step == self.max_steps - 1
+        return (step + 1) % self.log_every == 0 or step == self.max_steps - 1
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         f = self.net(x)
         objective = self.data_loss(f, y).mean(dim=1) + self.penalty()  # (K,)
         if self._log_now():
             with torch.no_grad():
-                error = ((f * y) <= 0).float().mean(dim=1)
+                error = self.errors(f, y).float().mean(dim=1)
                 self.last.update(step_objective=objective.detach(), step_error=error)
+            # under DDP each rank sees its shard: average them (equal shards: the full batch)
             self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean()},
-                          prog_bar=True)
-        return objective.sum()
+                          prog_bar=True, sync_dist=True)
+        # the per-replica objective rides along for the divergence check (divergence.py)
+        return {"loss": objective.sum(), "objective": objective.detach()}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self._log_now():
-            g = self.net.weight.grad.flatten(1)
+            K = self.net.replicas
+            g = torch.cat([p.grad.reshape(K, -1) for p in self.net.parameters()
+                           if p.grad is not None], dim=1)
             self.last.update(grad_l2=g.norm(dim=1), grad_l1=g.abs().sum(dim=1))
             self.log_dict({"grad/l2": self.last["grad_l2"].mean(),
                            "grad/l1": self.last["grad_l1"].mean()})
@@ -77,19 +110,26 @@ class GapModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         f = self.net(x)
-        self.accuracy[dataloader_idx].update((f > 0).int(), (y > 0).int())
+        self.mean_error[dataloader_idx].update(self.errors(f, y).float().T)  # (B, K)
         self.mean_loss[dataloader_idx].update(self.data_loss(f, y).T)  # (B, K): one output per replica
 
     def on_validation_epoch_end(self) -> None:
         for i, split in enumerate(SPLITS):
-            error = (1.0 - self.accuracy[i].compute()).reshape(-1)
+            error = torch.stack(list(self.mean_error[i].compute())).reshape(-1)
             loss = torch.stack(list(self.mean_loss[i].compute())).reshape(-1)
-            self.accuracy[i].reset()
+            self.mean_error[i].reset()
             self.mean_loss[i].reset()
             self.last.update({f"{split}_error": error, f"{split}_loss": loss})
             self.log_dict({f"{split}/error": error.mean(), f"{split}/loss": loss.mean()},
                           prog_bar=split == "test")
         self.last["eval_step"] = torch.tensor(self.global_step)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["last"] = self.last  # the summary of a resumed run needs the latest values
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.last = dict(checkpoint.get("last", {}))
 
     # -- optimization -------------------------------------------------------------------------
     def configure_optimizers(self):

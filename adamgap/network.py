@@ -19,15 +19,19 @@ from adamgap.patches import SparsePatches, project
 
 
 class PatchCNN(nn.Module):
-    """K replicas of the patch CNN; ``forward`` returns f (K, B)."""
+    """K replicas of the patch CNN; ``forward`` returns f (K, B). With ``classes`` C > 2 (one
+    filter group per class, for multi-class image patches) it returns the logits F_j (K, B, C)."""
 
     def __init__(self, d: int, m: int = 20, q: float = 3.0, sigma_0: float = 0.01,
-                 seeds: list[int] | tuple[int, ...] = (0,), linear: bool = False) -> None:
+                 seeds: list[int] | tuple[int, ...] = (0,), linear: bool = False,
+                 classes: int = 2) -> None:
         super().__init__()
         self.d, self.m, self.q, self.linear = d, m, q, linear
-        # Stored feature-major, (K, d, 2, m): a sparse patch product is then a plain
-        # sparse-dense matmul against a (K*d, 2m) matrix. ``filters`` gives the (K, 2, m, d) view.
-        w0 = torch.stack([torch.randn(2, m, d, generator=generator(k, "init")) for k in seeds])
+        self.classes, self.replicas = classes, len(seeds)
+        # Stored feature-major, (K, d, C, m) with C = 2 classes: a sparse patch product is then a
+        # plain sparse-dense matmul against a (K*d, Cm) matrix. ``filters``: the (K, C, m, d) view.
+        w0 = torch.stack([torch.randn(classes, m, d, generator=generator(k, "init"))
+                          for k in seeds])
         self.weight = nn.Parameter((sigma_0 * w0).permute(0, 3, 1, 2).contiguous())
 
     @property
@@ -36,10 +40,10 @@ class PatchCNN(nn.Module):
         return self.weight.permute(0, 2, 3, 1)
 
     def activations(self, x: Tensor | SparsePatches) -> Tensor:
-        """``<w_{j,r}, x_p>`` for every replica, example, patch, class and filter: (K, B, P, 2, m)."""
+        """``<w_{j,r}, x_p>`` for every replica, example, patch, class, filter: (K, B, P, C, m)."""
         K, d, _, m = self.weight.shape
-        z = project(x, self.weight.view(K, d, 2 * m))
-        return z.view(*z.shape[:-1], 2, m)
+        z = project(x, self.weight.view(K, d, -1))  # (K, B, P, C m)
+        return z.view(*z.shape[:-1], self.classes, m)
 
     def sigma(self, z: Tensor) -> Tensor:
         if self.linear:
@@ -47,5 +51,5 @@ class PatchCNN(nn.Module):
         return torch.relu(z).pow(self.q)
 
     def forward(self, x: Tensor | SparsePatches) -> Tensor:
-        F = self.sigma(self.activations(x)).sum(dim=(2, 4))  # (K, B, 2): F_{+1}, F_{-1}
-        return F[..., 0] - F[..., 1]
+        F = self.sigma(self.activations(x)).sum(dim=(2, 4))  # (K, B, C): F_{+1}, F_{-1} (, ...)
+        return F[..., 0] - F[..., 1] if self.classes == 2 else F

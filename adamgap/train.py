@@ -2,12 +2,16 @@
 
 ``run(cfg)`` is what ``scripts/train.py`` calls and what the tests call. A run directory holds
 ``config.yaml`` (resolved), ``metrics.csv`` (Lightning's CSV logger), ``alignment.csv``,
-``alignment.pt``, ``figures/alignment.png`` and ``summary.json``.
+``alignment.pt``, ``figures/alignment.png``, ``summary.json``, and
+``checkpoints/last.ckpt`` and ``run.lock`` (docs/reliability.md: resume, divergence, locking).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -15,14 +19,27 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from adamgap import requeue, rundir
 from adamgap.alignment import AlignmentCallback
-from adamgap.config import ConfigError, to_yaml
+from adamgap.checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_from
+from adamgap.config import to_yaml
 from adamgap.data import SyntheticDataModule
+from adamgap.divergence import Diverged, DivergenceCallback
+from adamgap.image_patches import ImagePatchDataModule
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
-from adamgap.outputs import write_json, write_text
+from adamgap.outputs import atomic_write, write_json, write_text
+from adamgap.planted import PlantedDataModule
+from adamgap.resnet import ImageDataModule, ResNetClassifier
+
+# Names the default run directory. Every DDP rank and every restart of a requeued Slurm job must
+# agree on it: slurm/*.sbatch set it from the job id, and run() hands its own to the processes
+# Lightning's DDP launcher starts (they re-execute the script with the same arguments).
+RUN_STAMP_ENV = "ADAMGAP_RUN_STAMP"
 
 
 def seeds_of(cfg: DictConfig) -> list[int]:
@@ -30,46 +47,77 @@ def seeds_of(cfg: DictConfig) -> list[int]:
     return [cfg.seed + k for k in range(cfg.run.replicas)]
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def run_stamp() -> str:
+    """$ADAMGAP_RUN_STAMP when set, otherwise the current time and this process's id (two runs
+    started in the same microsecond still get two directories)."""
+    return (os.environ.get(RUN_STAMP_ENV)
+            or f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}-p{os.getpid()}")
+
+
+def run_dir_of(cfg: DictConfig, stamp: str | None = None) -> Path:
     if cfg.run.dir:
         return Path(cfg.run.dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path("runs") / cfg.conf / f"{stamp}-s{cfg.seed}"
+    return Path("runs") / cfg.conf / f"{stamp or run_stamp()}-s{cfg.seed}"
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is global rank 0, known before the Trainer starts from what the
+    launchers set (torchrun RANK, Lightning's LOCAL_RANK and NODE_RANK, srun SLURM_PROCID)."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+@contextmanager
+def exported(name: str, value: str):
+    """Set environment variable ``name`` for the duration of the block (child processes see it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    d = OmegaConf.to_container(cfg.data)
-    d.pop("task")
-    return SyntheticDataModule(seeds_of(cfg), max_steps=cfg.trainer.max_steps, **d)
+    """The task's datamodule, given the ``data`` settings its constructor names."""
+    cls = {"synthetic": SyntheticDataModule, "planted": PlantedDataModule,
+           "image_patches": ImagePatchDataModule, "images": ImageDataModule}[cfg.data.task]
+    params = inspect.signature(cls).parameters
+    d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k in params}
+    return cls(seeds_of(cfg), max_steps=cfg.trainer.max_steps, **d)
 
 
 def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
     mo = cfg.model
-    net = PatchCNN(dm.d, mo.m, mo.q, mo.sigma_0, seeds_of(cfg), linear=mo.name == "linear")
+    if mo.name == "resnet18":
+        net = ResNetClassifier(dm.num_classes, dm.channels, cfg.seed)
+    else:
+        net = PatchCNN(dm.d, mo.m, mo.q, mo.sigma_0, seeds_of(cfg), linear=mo.name == "linear",
+                       classes=getattr(dm, "num_classes", 2))
     return GapModule(net, OmegaConf.to_container(cfg.optim), cfg.trainer.max_steps,
                      cfg.trainer.log_every)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers = [CSVLogger(run_dir, name="", version="")]
-    w = cfg.logger.wandb
-    if w.enabled:  # imported only when switched on
-        from lightning.pytorch.loggers import WandbLogger
+    if cfg.logger.wandb.enabled:  # wandb is imported only when switched on
+        from adamgap import wandb_run
 
-        loggers.append(WandbLogger(project=w.project, group=w.group, tags=list(w.tags),
-                                   name=w.name or f"{cfg.conf}-s{cfg.seed}", mode=w.mode,
-                                   save_dir=str(run_dir),
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(wandb_run.build_logger(cfg, run_dir))
     return loggers
 
 
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    run_dir = run_dir_of(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.resume:
-        raise ConfigError(f"run.dir={run_dir} already holds files; choose another run.dir "
-                          "or set run.resume=true")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", to_yaml(cfg))
+def prepare_run_dir(cfg: DictConfig, stamp: str | None = None) -> Path:
+    """The run directory, claimed and created by rank 0 only (other DDP ranks write nothing):
+    ``rundir.claim`` refuses a running, finished or foreign directory unless resuming, and
+    locks it; a resumed run keeps its original ``config.yaml``."""
+    run_dir = run_dir_of(cfg, stamp)
+    if not is_launch_rank_zero():
+        return run_dir
+    if rundir.claim(cfg, run_dir) is None and not (run_dir / "config.yaml").is_file():
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
     return run_dir
 
 
@@ -78,11 +126,20 @@ def run(cfg: DictConfig) -> dict:
     # Adam's second-moment state and the tiny early gradients become denormal floats, which
     # slow x86 CPUs by an order of magnitude; flushing them to zero changes nothing visible.
     torch.set_flush_denormal(True)
-    run_dir = prepare_run_dir(cfg)
-    dm = build_datamodule(cfg)
+    if cfg.trainer.accelerator == "cpu":
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import (fork safety for CUDA); with
+        # it, torch's Adam-family step() probes NVML (a dlopen) on every call: ~0.1 ms a step
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    stamp = run_stamp()
+    dm = build_datamodule(cfg)  # first: a missing dataset fails before anything is written
+    run_dir = prepare_run_dir(cfg, stamp)
+    if cfg.run.resume and rundir.inspect(run_dir) in rundir.FINISHED:
+        return rundir.summary_of(run_dir)  # nothing left to do (e.g. a requeued, finished job)
     module = build_module(cfg, dm)
     t = cfg.trainer
-    callbacks: list[L.Callback] = []
+    diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, cfg.optim.lr, t.log_every)
+    checkpoint = StepCheckpoint(run_dir, cfg.run.checkpoint_every)
+    callbacks: list[L.Callback] = [diverge, checkpoint, *requeue.callbacks()]
     align = None
     if cfg.align.enabled:
         align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg))
@@ -94,33 +151,57 @@ def run(cfg: DictConfig) -> dict:
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         val_check_interval=min(t.eval_every, t.max_steps), num_sanity_val_steps=0,
         log_every_n_steps=t.log_every, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
-        enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=t.progress_bar, default_root_dir=run_dir)
+        enable_checkpointing=True, plugins=[AtomicCheckpointIO(), *requeue.plugins()],
+        deterministic=t.deterministic,
+        enable_model_summary=False, enable_progress_bar=t.progress_bar, default_root_dir=run_dir,
+        # Definition 3.1 data splits itself over DDP ranks (data.py); others: Lightning's sampler
+        use_distributed_sampler=not getattr(dm, "shards_for_ddp", False))
+    ckpt = resume_from(run_dir, stash_metrics=is_launch_rank_zero()) if cfg.run.resume else None
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    if int(module.last.get("eval_step", -1)) != trainer.global_step:
-        trainer.validate(module, datamodule=dm, verbose=False)  # the final test error
+    stop: BaseException | None = None
+    with exported(RUN_STAMP_ENV, stamp):
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+            if int(module.last.get("eval_step", -1)) != trainer.global_step:
+                trainer.validate(module, datamodule=dm, verbose=False)  # the final test error
+        except (Diverged, SIGTERMException) as err:  # a summary says why it stopped
+            stop = err
     wall = time.perf_counter() - start
-    summary = summarize(cfg, module, align, trainer.global_step, wall)
+    extras = dm.summary_extras() if hasattr(dm, "summary_extras") else {}
+    summary = diverge.mark(summarize(cfg, module, align, trainer.global_step, wall, extras))
+    if isinstance(stop, SIGTERMException):
+        summary = checkpoint.mark_interrupted(summary, trainer.global_step)
     if trainer.is_global_zero:
+        if isinstance(stop, Diverged) and align is not None:
+            align.write()  # the trajectory up to the divergence, for the post-mortem
+        atomic_write(run_dir / "weights.pt",
+                     lambda f: torch.save(module.net.state_dict(), f), binary=True)
         write_json(run_dir / "summary.json", summary)
+        if cfg.logger.wandb.enabled:
+            from adamgap import wandb_run
+
+            wandb_run.finish(trainer.loggers, summary, run_dir)
+    rundir.release(run_dir)
     return summary
 
 
 def summarize(cfg: DictConfig, module: GapModule, align: AlignmentCallback | None, steps: int,
-              wall: float) -> dict:
-    """Per-replica results; a single run's summary is flat, an ensemble's lists its replicas."""
+              wall: float, extras: dict[str, list[float]] | None = None) -> dict:
+    """Per-replica results; a single run's summary is flat, an ensemble's lists its replicas.
+    ``extras``: per-replica values the datamodule reports (e.g. the planted task's l1/l2)."""
     seeds = seeds_of(cfg)
     history = align.history() if align is not None else {}
     replicas = []
     for k, seed in enumerate(seeds):
         r = {"seed": seed, "status": "completed", "steps": steps, "wall_seconds": wall}
         for key in ("train_error", "test_error", "train_loss", "test_loss", "grad_l2", "grad_l1"):
-            r[key] = float(module.last[key][k])
+            if key in module.last:  # a run stopped early may not have evaluated yet
+                r[key] = float(module.last[key][k])
         for key, values in history.items():
             if key != "step":
                 r[key] = float(values[-1, k])
                 r[f"{key}_init"] = float(values[0, k])
+        r.update({key: values[k] for key, values in (extras or {}).items()})
         replicas.append(r)
     if len(replicas) == 1:
         return {"conf": cfg.conf, **replicas[0]}

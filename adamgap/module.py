@@ -111,7 +111,7 @@ class GapModule(L.LightningModule):
         x, y = batch
         f = self.net(x)
         self.mean_error[dataloader_idx].update(self.errors(f, y).float().T)  # (B, K)
-        self.mean_loss[dataloader_idx].update(self.data_loss(f, y).T)  # (B, K): one output per replica
+        self.mean_loss[dataloader_idx].update(self.data_loss(f, y).T)  # (B, K): one per replica
 
     def on_validation_epoch_end(self) -> None:
         for i, split in enumerate(SPLITS):

@@ -14,7 +14,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,23 +35,23 @@ class DataConfig:
     n: int = 200  # training examples
     n_test: int = 10_000  # held-out examples for the test error
     s: int = 100  # nonzero Gaussian coordinates per noise patch (0.1 d)
-    sigma_p: Optional[float] = None  # noise std; null -> 1/sqrt(s) = 0.1
+    sigma_p: float | None = None  # noise std; null -> 1/sqrt(s) = 0.1
     alpha: float = 0.2  # feature-noise strength, 0 <= alpha < 1
-    v: Optional[list[float]] = None  # feature vector (length d); null -> e_1
+    v: list[float] | None = None  # feature vector (length d); null -> e_1
     labels: str = "balanced"  # balanced (n/2 each, as in the paper) | rademacher
     feature_position: str = "random"  # random patch per example | fixed (patch 0)
     patches: int = 2  # P: one feature patch and P - 1 noise patches
-    batch_size: Optional[int] = None  # null -> n (full batch)
-    sparse: Optional[bool] = None  # sparse patch matrices; null -> when less than 25% dense
+    batch_size: int | None = None  # null -> n (full batch)
+    sparse: bool | None = None  # sparse patch matrices; null -> when less than 25% dense
     # -- real images (tasks planted, image_patches, images; docs/realdata.md) ----------------
     dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 (torchvision)
     root: str = "~/.cache/adamgap/datasets"  # torchvision layout; Fashion-MNIST comes from Debian
     download: bool = False  # let torchvision download a missing dataset (needs internet)
-    classes: Optional[list[int]] = None  # dataset labels used; null -> all (planted: two, +1/-1)
-    image_size: Optional[int] = None  # area-downscale images to this side; null -> native
+    classes: list[int] | None = None  # dataset labels used; null -> all (planted: two, +1/-1)
+    image_size: int | None = None  # area-downscale images to this side; null -> native
     normalize: str = "unit"  # unit: ||x||_2 = 1 | centered: minus the mean image, then unit | none
     basis: str = "pixel"  # planted: feature coordinates are pixels | dct (orthonormal 2-D DCT-II)
-    feature_k: Optional[int] = None  # planted: keep the k largest |coordinates|; null -> all
+    feature_k: int | None = None  # planted: keep the k largest |coordinates|; null -> all
     noise_coords: str = "all"  # planted: xi' on s of all d coordinates | outside the image's D
     feature_noise: str = "opposite"  # planted: +alpha x opposite-class image | same: -alpha x own
     grid: int = 4  # image_patches: grid x grid non-overlapping patches per image (P = grid^2)
@@ -119,10 +119,10 @@ class WandbConfig:
     enabled: bool = False
     mode: str = "offline"  # offline | online | disabled
     project: str = "adamgap"
-    entity: Optional[str] = None  # W&B team or user; null -> your default entity
-    group: Optional[str] = None  # null -> the sweep's name, or conf (adamgap/wandb_run.py)
+    entity: str | None = None  # W&B team or user; null -> your default entity
+    group: str | None = None  # null -> the sweep's name, or conf (adamgap/wandb_run.py)
     tags: list[str] = field(default_factory=list)  # added to optim:<name> task:<task> conf:<name>
-    name: Optional[str] = None  # null -> <conf>-s<seed>
+    name: str | None = None  # null -> <conf>-s<seed>
 
 
 @dataclass
@@ -132,7 +132,7 @@ class LoggerConfig:
 
 @dataclass
 class RunConfig:
-    dir: Optional[str] = None  # null -> runs/<conf>/<timestamp>-s<seed>
+    dir: str | None = None  # null -> runs/<conf>/<timestamp>-s<seed>
     resume: bool = False  # continue run.dir from its last checkpoint (docs/reliability.md)
     checkpoint_every: int = 1000  # steps between checkpoints/last.ckpt; 0: only on SIGTERM
     replicas: int = 1  # K seeds (seed, seed+1, ..., seed+K-1) trained at once as one ensemble
@@ -212,7 +212,8 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
     name, rest = "default", []
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"argument '{arg}' is not key=value (e.g. conf=synthetic_adam seed=3)")
+            raise ConfigError(
+                f"argument '{arg}' is not key=value (e.g. conf=synthetic_adam seed=3)")
         key, _, value = arg.partition("=")
         if not key:
             raise ConfigError(f"argument '{arg}' has no key before '=' (e.g. seed=3)")
@@ -272,7 +273,8 @@ def validate(cfg: DictConfig) -> None:
     _check(d.sigma_p is None or d.sigma_p >= 0, "data.sigma_p", "null (1/sqrt(s)) or >= 0", cfg)
     _check(math.isfinite(d.alpha) and d.alpha >= 0, "data.alpha", "a number >= 0", cfg)
     _check(d.labels in ("balanced", "rademacher"), "data.labels", "balanced | rademacher", cfg)
-    _check(d.feature_position in ("random", "fixed"), "data.feature_position", "random | fixed", cfg)
+    _check(d.feature_position in ("random", "fixed"), "data.feature_position", "random | fixed",
+           cfg)
     _check(d.patches >= 1, "data.patches", "an integer >= 1", cfg)
     _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
            f"null (full batch) or 1..n (n={d.n})", cfg)

@@ -130,7 +130,7 @@ class StepBatches(Dataset):
     when that counter reaches the length (a shorter length would end it early and replay the
     data). Items past ``steps - start`` are never fetched."""
 
-    def __init__(self, dm: "SyntheticDataModule", steps: int, start: int = 0) -> None:
+    def __init__(self, dm: SyntheticDataModule, steps: int, start: int = 0) -> None:
         self.dm, self.steps, self.start = dm, steps, start
 
     def __len__(self) -> int:

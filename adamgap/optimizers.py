@@ -14,7 +14,8 @@ None of these gets ``weight_decay`` except ``adamw``: the paper's lambda lives i
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""Train one run (or one K-seed ensemble): python scripts/train.py conf=synthetic_adam [key=value ...]
+"""Train one run (or a K-seed ensemble): python scripts/train.py conf=synthetic_adam [key=value ...]
 
 Examples:
     python scripts/train.py conf=synthetic_adam

@@ -513,4 +513,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from adamgap.cli import collector_paused, exit_status
+
+    if "--cell" in sys.argv:  # this process trains (a cell of a local or Slurm sweep)
+        with collector_paused():
+            import adamgap.train  # noqa: F401 - torch and Lightning, without the collector
+    sys.exit(exit_status(main(sys.argv[1:])))

@@ -7,8 +7,10 @@ Examples:
 
 import sys
 
-from adamgap.cli import main
-from adamgap.train import run
+from adamgap.cli import collector_paused, exit_status, main
+
+with collector_paused():  # torch and Lightning load faster without the garbage collector
+    from adamgap.train import run
 
 if __name__ == "__main__":
-    sys.exit(main(run, sys.argv[1:]))
+    sys.exit(exit_status(main(run, sys.argv[1:])))

@@ -106,7 +106,7 @@ class StepCheckpoint(Checkpoint):
         due = (self.every > 0 and step % self.every == 0) or self.agree_to_stop(trainer)
         if not due or step >= trainer.max_steps:
             return
-        if step % getattr(trainer, "val_check_batch", float("inf")) == 0:
+        if (batch_idx + 1) % getattr(trainer, "val_check_batch", float("inf")) == 0:
             self.pending = True  # Lightning evaluates after this hook: save after it
         else:
             self.save(trainer)

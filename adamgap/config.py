@@ -102,6 +102,9 @@ class TrainerConfig:
     log_every: int = 100  # steps between logged train metrics (logging every step costs time)
     eval_every: int = 1000  # steps between test-error evaluations (and at the end)
     progress_bar: bool = True
+    steps_per_batch: int | None = None  # optimizer steps per Lightning training step; null:
+    # the largest that divides max_steps, log_every, eval_every, align.every, checkpoint_every
+    # (1 under DDP, 16-bit loss scaling, data.task=images); see steps_per_batch() below
     deterministic: Any = True  # torch deterministic algorithms: true | false | warn (on GPUs:
     # docs/reliability.md)
 
@@ -312,8 +315,7 @@ def validate(cfg: DictConfig) -> None:
     _check(not t.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")), "trainer.strategy",
            "auto | ddp | ... (spawned or forked ranks would keep the run summary to themselves)",
            cfg)
-    world = t.num_nodes * (t.devices if isinstance(t.devices, int) else
-                           len(t.devices) if isinstance(t.devices, ListConfig) else 1)
+    world = world_size(t)
     if world > 1:  # DDP: every rank a shard of equal size (data.py)
         _check(d.n % world == 0, "data.n",
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
@@ -328,7 +330,64 @@ def validate(cfg: DictConfig) -> None:
     _check(t.deterministic in (True, False, "warn"), "trainer.deterministic",
            "true | false | warn", cfg)
     _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg)
+    k = t.steps_per_batch
+    if k is not None:
+        why = _one_step_per_batch(cfg)
+        _check(k >= 1 and (k == 1 or why is None), "trainer.steps_per_batch",
+               f"1 or null {why}" if why else "null or an integer >= 1", cfg)
+        period = [p for p in _step_periods(cfg) if p % k]
+        _check(not period, "trainer.steps_per_batch",
+               f"null or a divisor of {period[:1]} (max_steps, log_every, eval_every, "
+               "align.every and checkpoint_every)", cfg)
     _check_trainer(cfg)
+
+
+def _one_step_per_batch(cfg: DictConfig) -> str | None:
+    """Why Lightning must drive every optimizer step (``steps_per_batch`` = 1), or None."""
+    t = cfg.trainer
+    if world_size(t) > 1:
+        return "under DDP (one backward pass per DDP forward)"
+    if t.strategy not in ("auto", "single_device"):
+        return f"with trainer.strategy={t.strategy} (its backward pass is its own)"
+    if t.precision in ("16-mixed", "16"):
+        return f"with trainer.precision={t.precision} (the loss is scaled in Lightning's backward)"
+    if cfg.data.task == "images":
+        return "with data.task=images (its DataLoader yields one mini-batch per item)"
+    return None
+
+
+def world_size(t: DictConfig) -> int:
+    """The number of processes the ``trainer`` settings start (devices x nodes)."""
+    return t.num_nodes * (t.devices if isinstance(t.devices, int) else
+                          len(t.devices) if isinstance(t.devices, ListConfig) else 1)
+
+
+def _step_periods(cfg: DictConfig) -> list[int]:
+    """The step counts at whose multiples a callback or the logger acts (a chunk of optimizer
+    steps must end there)."""
+    t = cfg.trainer
+    periods = [t.max_steps, t.log_every, min(t.eval_every, t.max_steps)]
+    if cfg.align.enabled:
+        periods.append(cfg.align.every)
+    if cfg.run.checkpoint_every > 0:
+        periods.append(cfg.run.checkpoint_every)
+    return periods
+
+
+def steps_per_batch(cfg: DictConfig) -> int:
+    """k, the optimizer steps one Lightning training step runs (``GapModule.training_step``).
+
+    Lightning's per-step machinery (loops, hooks, logger connector) costs more than one step
+    of the sparse math: running k steps inside one training step amortises it. Callbacks then
+    act at chunk ends, so k divides every period they act on: by default the largest such k,
+    and 1 where Lightning must drive each step (DDP, loss scaling, other strategies, the
+    ``images`` task: ``_one_step_per_batch``)."""
+    t = cfg.trainer
+    if t.steps_per_batch is not None:
+        return t.steps_per_batch
+    if _one_step_per_batch(cfg) is not None:
+        return 1
+    return math.gcd(*_step_periods(cfg))
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -72,7 +72,8 @@ def make_patches(seed: int, n: int, d: int, s: int, sigma_p: float, alpha: float
     y, where = labels_and_positions(n, labels, feature_position, patches, g)
     support = v.nonzero().flatten()
     free = (v == 0).nonzero().flatten()  # noise never touches the feature's coordinates
-    noise_idx, noise_val = sparse_noise(n, patches, free, s, sigma_p, g)  # (n, P, s) each
+    feat = torch.arange(patches)[None, :] == where[:, None]  # (n, P): the feature patches
+    noise_idx, noise_val = sparse_noise(n, patches, free, s, sigma_p, g, used=~feat)
     L = s + support.numel()
     index = torch.empty(n, patches, L, dtype=torch.long)
     value = torch.empty(n, patches, L)
@@ -82,7 +83,6 @@ def make_patches(seed: int, n: int, d: int, s: int, sigma_p: float, alpha: float
     index[..., s:] = support
     value[..., s:] = -alpha * y[:, None, None] * v[support]
     # feature patch: y v on supp(v), nothing else
-    feat = torch.arange(patches)[None, :] == where[:, None]  # (n, P)
     index[feat] = torch.cat([support.new_zeros(s), support])
     value[feat] = torch.cat([torch.zeros(n, s), y[:, None] * v[support]], dim=1)
     return PatchSet(index[None], value[None], y[None], where[None], d)
@@ -106,11 +106,20 @@ def labels_and_positions(n: int, labels: str, feature_position: str, patches: in
 
 
 def sparse_noise(n: int, patches: int, free: Tensor, s: int, sigma_p: float,
-                 g: torch.Generator) -> tuple[Tensor, Tensor]:
+                 g: torch.Generator, used: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """xi' of Definition 3.1 for n x P patches: s coordinates, uniform without replacement among
-    ``free``, each N(0, sigma_p^2). Returns coordinates and values, (n, P, s) each."""
+    ``free``, each N(0, sigma_p^2). Returns coordinates and values, (n, P, s) each.
+
+    ``used`` (n, P): the patches whose noise is kept. Every patch's random keys are drawn (the
+    random stream stays that of the whole draw), but only the used ones are ranked; the others'
+    coordinates are left as the first s free ones (the caller overwrites them)."""
     keys = torch.rand(n, patches, free.numel(), generator=g)
-    index = free[keys.topk(s, dim=-1).indices.sort(dim=-1).values]
+    if used is None:
+        index = free[keys.topk(s, dim=-1, sorted=False).indices.sort(dim=-1).values]
+    else:
+        index = free[:s].expand(n, patches, s).clone()
+        top = keys[used].topk(s, dim=-1, sorted=False).indices  # the same set, in any order
+        index[used] = free[top.sort(dim=-1).values]
     return index, torch.randn(n, patches, s, generator=g) * sigma_p
 
 
@@ -120,24 +129,34 @@ def stack(sets: list[PatchSet]) -> PatchSet:
                       ("index", "value", "y", "feature_patch")), sets[0].d)
 
 
+@dataclass
+class StepChunk:
+    """The batches of consecutive optimizer steps that one Lightning training step runs
+    (``GapModule.training_step``), in step order."""
+
+    batches: list
+
+
 class StepBatches(Dataset):
-    """Item t is the training batch of step ``start + t``: the full batch, or for mini-batches
-    the t-th slice of a per-replica, per-epoch random permutation. A function of the step alone,
-    so a resumed run sees the same data order as an uninterrupted one.
+    """Item c holds the training batches of steps ``start + c k`` to ``start + c k + k - 1``
+    (k = ``steps_per_batch``): the full batch, or for mini-batches slices of a per-replica,
+    per-epoch random permutation. A function of the step alone, so a resumed run sees the same
+    data order as an uninterrupted one.
 
-    The run is one epoch of ``steps`` batches and the length says so even when resumed at
-    ``start``: Lightning restores its in-epoch batch counter to ``start`` and ends the epoch
+    The run is one epoch of ``steps / k`` items and the length says so even when resumed at
+    ``start``: Lightning restores its in-epoch batch counter to ``start / k`` and ends the epoch
     when that counter reaches the length (a shorter length would end it early and replay the
-    data). Items past ``steps - start`` are never fetched."""
+    data). Items past ``(steps - start) / k`` are never fetched."""
 
-    def __init__(self, dm: SyntheticDataModule, steps: int, start: int = 0) -> None:
-        self.dm, self.steps, self.start = dm, steps, start
+    def __init__(self, dm: SyntheticDataModule, steps: int, start: int = 0, k: int = 1) -> None:
+        self.dm, self.steps, self.start, self.k = dm, steps, start, k
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps // self.k
 
-    def __getitem__(self, t: int):
-        return self.dm.train_batch(self.start + t)
+    def __getitem__(self, c: int) -> StepChunk:
+        first = self.start + c * self.k
+        return StepChunk([self.dm.train_batch(t) for t in range(first, first + self.k)])
 
 
 class SyntheticDataModule(L.LightningDataModule):
@@ -152,12 +171,12 @@ class SyntheticDataModule(L.LightningDataModule):
                  v: list[float] | None = None, labels: str = "balanced",
                  feature_position: str = "random", patches: int = 2,
                  batch_size: int | None = None, sparse: bool | None = None,
-                 max_steps: int = 10_000) -> None:
+                 max_steps: int = 10_000, steps_per_batch: int = 1) -> None:
         super().__init__()
         self.seeds, self.d, self.n, self.n_test, self.s = list(seeds), d, n, n_test, s
         self.sigma_p = 1.0 / math.sqrt(s) if sigma_p is None else sigma_p
         self.alpha, self.labels, self.feature_position = alpha, labels, feature_position
-        self.patches, self.max_steps = patches, max_steps
+        self.patches, self.max_steps, self.steps_per_batch = patches, max_steps, steps_per_batch
         self.batch_size = n if batch_size is None else batch_size
         self.v = torch.zeros(d) if v is None else torch.tensor(v, dtype=torch.float32)
         if v is None:
@@ -227,7 +246,8 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
-        return DataLoader(StepBatches(self, self.max_steps, start), batch_size=None)
+        return DataLoader(StepBatches(self, self.max_steps, start, self.steps_per_batch),
+                          batch_size=None)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Full training set (train error and loss) and test set, one batch each (under DDP,
@@ -235,6 +255,9 @@ class SyntheticDataModule(L.LightningDataModule):
         return [DataLoader([batch], batch_size=None) for batch in self.val_batches]
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        if isinstance(batch, StepChunk):
+            return StepChunk([self.transfer_batch_to_device(b, device, dataloader_idx)
+                              for b in batch.batches])
         # the full batch is the same object every step: move it once, not every step
         x, y = batch
         if all(x is not fixed for fixed, _ in self.val_batches):

@@ -7,16 +7,20 @@ plausible-looking ``summary.json`` (a NaN network predicts one class: test error
     the objective L_k(W(t)),   its gradient,   the weights W(t+1) after the update,
 
 and records the first step at which one of them is not finite (``step`` is the iteration
-index t, as in ``metrics.csv``). Cost, the choice made:
+index t, as in ``metrics.csv``). A Lightning training step runs k = ``trainer.steps_per_batch``
+optimizer steps (``GapModule.training_step``), so a callback cannot look between them: the
+module returns, per step and replica, the sums of the three quantities (``totals``, (k, 3, K);
+a few microseconds a step), and this callback reads them at the end of the training step. The
+reported step and quantity are exact; the run stops at the end of that training step (at most
+k - 1 steps later). Cost, the choice made:
 
-- alone on a CPU (reading a number costs nothing there): every step one host-side sum of the
-  three quantities' sums (microseconds); only when it is not finite, an exact element-wise
-  check says which replica and quantity. The run stops at that very step.
-- on a GPU or under DDP: per-replica sums kept as a flag tensor on the device (a few kernels,
-  no host sync) and read every ``trainer.log_every`` steps and at the last step, where
-  Lightning synchronises to log anyway. The reported step is still exact; the run stops at the
-  next check (at most ``log_every - 1`` steps later). A sum also overflows when values reach
-  ~1e33, which then counts as divergence too.
+- alone on a CPU (reading a number costs nothing there): one host-side sum of the chunk's
+  totals per training step; only when it is not finite are the replicas and steps told apart.
+- on a GPU or under DDP: per-replica flags kept on the device (a few kernels, no host sync),
+  read every ``trainer.log_every`` steps and at the last step, where Lightning synchronises to
+  log anyway; the run stops at the next such check.
+
+A sum also overflows when values reach ~1e33, which then counts as divergence too.
 
 A replica that diverges is marked and the others train on (replicas never mix: their gradients
 are independent); once every replica has diverged, training stops with :class:`Diverged`. The
@@ -35,18 +39,6 @@ from torch import Tensor
 QUANTITIES = ("loss", "gradient", "weights")  # in the order a divergence propagates
 
 
-def not_finite(tensors: list[Tensor], K: int) -> Tensor:
-    """(K,): whether replica k has a non-finite element in any of ``tensors``, each of which
-    carries the replica dimension first (any shape when K = 1)."""
-    return torch.stack([~x.detach().reshape(K, -1).isfinite().all(1) for x in tensors]).any(0)
-
-
-def totals(tensors: list[Tensor], K: int) -> Tensor:
-    """(K,): the sum of every element of replica k in ``tensors``. Not finite when one of them
-    is not, and also (harmlessly: such a run has diverged) when |values| near 1e33 overflow."""
-    return torch.cat([x.detach().reshape(K, -1) for x in tensors], dim=1).sum(1)
-
-
 class Diverged(Exception):
     """Every replica has diverged: training stops (the message is the first replica's line)."""
 
@@ -61,34 +53,31 @@ class DivergenceCallback(L.Callback):
         self.what: Tensor | None = None  # (K,) index into QUANTITIES
         self.reported: set[int] = set()
         self.messages: dict[int, str] = {}  # replica -> its line
-        self.params: list[Tensor] = []
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.first is None:  # not restored from a checkpoint
             self.first = torch.full((len(self.seeds),), -1, dtype=torch.long)
             self.what = torch.zeros(len(self.seeds), dtype=torch.long)
         self.first, self.what = self.first.to(module.device), self.what.to(module.device)
-        self.params = [p for p in module.parameters() if p.requires_grad]  # once, not per step
         alone_on_cpu = module.device.type == "cpu" and trainer.world_size == 1
         self.check_every = 1 if alone_on_cpu else self.sync_every  # reading flags costs a sync
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        t = trainer.global_step - 1  # the iteration that just ran
-        loss = outputs.get("objective", outputs["loss"])  # per replica when the module says
-        params = self.params
-        # gradients are still those of this step (Lightning zeroes them in the next closure),
-        # as the optimizer used them (under DDP already averaged over ranks)
-        groups = ([loss], [p.grad for p in params if p.grad is not None], params)
-        K = len(self.seeds)
-        if self.check_every == 1:  # alone on a CPU, where reading a number costs nothing
-            if math.isfinite(sum(x.sum().item() for g in groups for x in g)):
-                return  # the common case, in microseconds; otherwise look exactly:
-            bad = torch.stack([not_finite(g, K) for g in groups])  # (3, K)
-        else:  # on a GPU: a few kernels and no host sync; the flags are read at check steps
-            bad = ~torch.stack([totals(g, K) for g in groups]).isfinite()
-        new = bad.any(0) & (self.first < 0)
-        self.first = torch.where(new, t, self.first)
-        self.what = torch.where(new, bad.int().argmax(0), self.what)  # the earliest quantity
+        # (k, 3, K): per step of this training step, the sums of the objective, the gradient
+        # (as the optimizer used it: under DDP averaged over ranks) and the updated weights
+        totals = outputs["totals"].clone()
+        # the last step's weights as they are now, after every callback of this training step
+        K = totals.shape[2]
+        totals[-1, 2] = sum(p.detach().reshape(K, -1).sum(1) for p in module.params)
+        if self.check_every == 1 and math.isfinite(totals.sum().item()):
+            return  # alone on a CPU, where reading a number costs nothing: the common case
+        k, _, K = totals.shape
+        bad = ~totals.isfinite().permute(2, 0, 1).reshape(K, 3 * k)  # (K, steps x quantities)
+        first = bad.int().argmax(1)  # each replica's earliest (step, quantity), in that order
+        new = bad.any(1) & (self.first < 0)
+        t0 = trainer.global_step - k  # the iteration index of the chunk's first step
+        self.first = torch.where(new, t0 + first // 3, self.first)
+        self.what = torch.where(new, first % 3, self.what)
         if trainer.global_step % self.check_every == 0 or trainer.global_step >= trainer.max_steps:
             self.check(trainer)
 

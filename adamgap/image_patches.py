@@ -38,7 +38,7 @@ class ImagePatchDataModule(SyntheticDataModule):
     def __init__(self, seeds: list[int], *, dataset: str, root: str, download: bool,
                  classes: list[int] | None, image_size: int | None, normalize: str, grid: int,
                  d: int, n: int, n_test: int, labels: str, batch_size: int | None,
-                 max_steps: int) -> None:
+                 max_steps: int, steps_per_batch: int = 1) -> None:
         self.pools: dict[str, tuple[Tensor, Tensor]] = {}
         for stream, train in (("train", True), ("test", False)):
             images, y = subset(load(dataset, root, download, train), classes)
@@ -57,7 +57,8 @@ class ImagePatchDataModule(SyntheticDataModule):
         # Definition 3.1's noise settings do not apply: no noise is added (sigma_p = 0)
         super().__init__(seeds, d=d, n=n, n_test=n_test, s=0, sigma_p=0.0, alpha=0.0,
                          labels=labels, feature_position="fixed", patches=grid**2,
-                         batch_size=batch_size, sparse=False, max_steps=max_steps)
+                         batch_size=batch_size, sparse=False, max_steps=max_steps,
+                         steps_per_batch=steps_per_batch)
 
     def make_set(self, seed: int, n: int, stream: str) -> PatchSet:
         """``n`` images of replica ``seed``: balanced over the classes, or a uniform draw."""

@@ -6,6 +6,13 @@ The L2 term is inside the loss (and so inside Adam's gradient) for every optimiz
 ``adamw``, whose decay is decoupled. With K replicas the loss is the sum of the K replicas'
 objectives, so every replica receives exactly its own gradient and per-element optimizers
 treat the replicas as K separate runs.
+
+One Lightning training step runs k optimizer steps (``trainer.steps_per_batch``): at the
+paper's sizes a step's arithmetic is ~0.1 ms and Lightning's per-step machinery about as much
+again, so it is paid once per k steps. The binary patch CNN on sparse patches takes its
+gradient in closed form (``logistic_l2_grad`` and ``network.sparse_patch_sums_grad``, the very
+formulas of its autograd nodes); ``tests/test_chunks.py`` shows such a run equals the run with
+one step per training step.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.wrappers import MultioutputWrapper
 
+from adamgap.data import StepChunk
 from adamgap.network import PatchCNN
 from adamgap.optimizers import build_optimizer
+from adamgap.patches import SparsePatches
 
 SPLITS = ("train", "test")  # validation dataloader 0 is the full training set, 1 the test set
 
@@ -38,11 +47,56 @@ class _SquaredNorm(torch.autograd.Function):
         return w * (2 * grad)[:, None]
 
 
+def logistic_l2(f: Tensor, y: Tensor, lam: float, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Section 4's objective per replica k, ``(1/B) sum_i log(1 + exp(-y_i f_i)) + (lam/2)
+    ||W||_F^2`` (K,), and the margins ``y f`` that :func:`logistic_l2_grad` needs."""
+    K = f.shape[0]
+    margin = y * f
+    objective = F.softplus(-margin).mean(dim=1)
+    if lam:
+        objective += (0.5 * lam) * sum(torch.linalg.vecdot(w, w)
+                                       for w in (p.reshape(K, -1) for p in params))
+    return objective, margin
+
+
+def logistic_l2_grad(margin: Tensor, y: Tensor, lam: float, params: list[Tensor],
+                     grad: Tensor | None = None) -> tuple[Tensor, list[Tensor | None]]:
+    """The gradient of ``<grad, logistic_l2(f, y, lam, params)>`` (``grad`` None: ones) in f,
+    ``-grad_k y_i sigmoid(-y_i f_i) / B``, and in each parameter, ``lam grad_k W`` (None when
+    lam = 0)."""
+    scale = -1.0 / margin.shape[1]
+    df = torch.sigmoid(-margin).mul_(y).mul_(scale if grad is None else grad[:, None] * scale)
+    if not lam:
+        return df, [None] * len(params)
+    if grad is None:
+        return df, [lam * p for p in params]
+    return df, [p * (lam * grad).view(-1, *[1] * (p.dim() - 1)) for p in params]
+
+
+class _LogisticL2(torch.autograd.Function):
+    """:func:`logistic_l2` with :func:`logistic_l2_grad` as its backward: one autograd node
+    instead of a dozen whose bookkeeping costs more than their arithmetic at these sizes."""
+
+    @staticmethod
+    def forward(ctx, f: Tensor, y: Tensor, lam: float, *params: Tensor) -> Tensor:
+        objective, margin = logistic_l2(f, y, lam, list(params))
+        ctx.save_for_backward(margin, y, *params)
+        ctx.lam = lam
+        return objective
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        margin, y, *params = ctx.saved_tensors
+        df, dparams = logistic_l2_grad(margin, y, ctx.lam, params, grad)
+        return df, None, None, *dparams
+
+
 class GapModule(L.LightningModule):
     """Binary patch classification with logistic loss and L2 weight decay, K replicas at once."""
 
     def __init__(self, net: PatchCNN, optim: dict, max_steps: int, log_every: int = 100) -> None:
         super().__init__()
+        self.automatic_optimization = False  # several optimizer steps per training step
         self.net = net
         self.optim = dict(optim)
         self.lam = 0.0 if optim["name"] == "adamw" else float(optim["lam"])
@@ -55,6 +109,7 @@ class GapModule(L.LightningModule):
         self.mean_loss = torch.nn.ModuleList(
             [MultioutputWrapper(MeanMetric(), num_outputs=K) for _ in SPLITS])
         self.last: dict[str, Tensor] = {}  # latest per-replica values, for the run summary
+        self.params = list(net.parameters())  # W; listing them anew each step costs time
 
     # -- objective ----------------------------------------------------------------------------
     def data_loss(self, f: Tensor, y: Tensor) -> Tensor:
@@ -73,38 +128,101 @@ class GapModule(L.LightningModule):
     def penalty(self) -> Tensor:
         """(lam / 2) ||W||_F^2 per replica, (K,) (W: all of the network's parameters)."""
         K = self.net.replicas
-        return 0.5 * self.lam * sum(_SquaredNorm.apply(p.reshape(K, -1))
-                                    for p in self.net.parameters())
+        return 0.5 * self.lam * sum(_SquaredNorm.apply(p.reshape(K, -1)) for p in self.params)
 
-    def _log_now(self) -> bool:
-        # Lightning hands step-level logs to the loggers on iterations t with (t + 1) % k == 0
-        # (Trainer(log_every_n_steps=k)); a value logged on another iteration would reach
-        # metrics.csv k - 1 steps late, under the later step, and only if nothing replaced it
-        step = self.global_step
-        return (step + 1) % self.log_every == 0 or step == self.max_steps - 1
+    def objective(self, x, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-replica objective L_k(W) (K,) on a batch, and the network output f."""
+        f = self.net(x)
+        if self.classes == 2:
+            return _LogisticL2.apply(f, y, self.lam, *self.params), f
+        return self.data_loss(f, y).mean(dim=1) + self.penalty(), f
+
+    @torch.no_grad()
+    def objective_and_gradient(self, x, y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]] | None:
+        """L_k(W) (K,), f and the gradient of sum_k L_k in each parameter, in closed form:
+        the forward pass and the same backward formulas as the autograd nodes above, without
+        autograd, whose bookkeeping would cost more than the arithmetic. For the binary patch
+        CNN on sparse patches (Definition 3.1); None otherwise (then autograd it is)."""
+        if self.classes != 2 or not isinstance(x, SparsePatches) or \
+                not isinstance(self.net, PatchCNN):
+            return None
+        f, vjp = self.net.forward_with_vjp(x)
+        objective, margin = logistic_l2(f, y, self.lam, self.params)
+        df, (dw,) = logistic_l2_grad(margin, y, self.lam, self.params)
+        grad = vjp(df)
+        return objective, f, [grad if dw is None else grad.add_(dw)]
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        x, y = batch
-        f = self.net(x)
-        objective = self.data_loss(f, y).mean(dim=1) + self.penalty()  # (K,)
-        if self._log_now():
+        """The optimizer steps of one Lightning training step: those of a ``data.StepChunk``
+        (k = ``trainer.steps_per_batch``), or one for a plain batch. Returns, per step and
+        replica, the sums of the objective, the gradient and the updated weights (``totals``,
+        (k, 3, K)): a non-finite total is how the divergence check (divergence.py) finds the
+        first bad step inside a chunk."""
+        steps = batch.batches if isinstance(batch, StepChunk) else [batch]
+        opt, schedule = self.optimizers(), self.lr_schedulers()
+        t0, inside = self.global_step, len(steps) > 1
+        return {"totals": torch.stack([self._step(x, y, t0 + i, opt, schedule, inside)
+                                       for i, (x, y) in enumerate(steps)])}
+
+    def _step(self, x, y: Tensor, t: int, opt, schedule, inside: bool) -> Tensor:
+        """Optimizer step t (the iteration index) on batch (x, y); its totals (3, K).
+
+        Alone (k = 1) it goes through Lightning's ``manual_backward`` and ``LightningOptimizer
+        .step``: precision, DDP and every per-step hook. Inside a chunk (k > 1: one process,
+        no loss scaling, see ``config.steps_per_batch``) the gradient is the closed form of
+        :meth:`objective_and_gradient` where there is one (else plain autograd) and the step
+        the torch optimizer's own: at the paper's sizes Lightning's per-step hooks and
+        autograd's bookkeeping each cost about as much as the arithmetic. Lightning still
+        counts the step (``trainer.global_step``, checkpoints, ``max_steps``) through the
+        LightningOptimizer's step-count hooks, which is all its ``step()`` adds here; the
+        per-step hooks (``on_before_backward``, ``on_after_backward``,
+        ``on_before_optimizer_step``) are not called inside a chunk."""
+        K = self.net.replicas
+        closed = self.objective_and_gradient(x, y) if inside else None
+        objective, f = closed[:2] if closed else self.objective(x, y)
+        log = (t + 1) % self.log_every == 0 or t == self.max_steps - 1
+        if log:
+            # Lightning hands these to the loggers at the end of the training step (k divides
+            # log_every), labelled with ``step`` t rather than its count of training steps
             with torch.no_grad():
                 error = self.errors(f, y).float().mean(dim=1)
-                self.last.update(step_objective=objective.detach(), step_error=error)
+            self.last.update(step_objective=objective.detach(), step_error=error)
             # under DDP each rank sees its shard: average them (equal shards: the full batch)
-            self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean()},
-                          prog_bar=True, sync_dist=True)
-        # the per-replica objective rides along for the divergence check (divergence.py)
-        return {"loss": objective.sum(), "objective": objective.detach()}
+            self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean(),
+                           "step": float(t)}, prog_bar=True, sync_dist=True)
+        if inside:
+            if closed:
+                for p, grad in zip(self.params, closed[2], strict=True):
+                    p.grad = grad
+            else:
+                opt.optimizer.zero_grad()
+                objective.sum().backward()
+            if log:
+                self._log_gradient()
+            opt._on_before_step()
+            opt.optimizer.step()
+            opt._on_after_step()
+        else:
+            opt.zero_grad()
+            self.manual_backward(objective.sum())
+            opt.step()  # its on_before_optimizer_step hook logs the gradient
+        if schedule is not None:
+            schedule.step()
+        grad = sum(p.grad.reshape(K, -1).sum(1) for p in self.params if p.grad is not None)
+        weights = sum(p.detach().reshape(K, -1).sum(1) for p in self.params)
+        return torch.stack([objective.detach(), grad, weights])
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self._log_now():
-            K = self.net.replicas
-            g = torch.cat([p.grad.reshape(K, -1) for p in self.net.parameters()
-                           if p.grad is not None], dim=1)
-            self.last.update(grad_l2=g.norm(dim=1), grad_l1=g.abs().sum(dim=1))
-            self.log_dict({"grad/l2": self.last["grad_l2"].mean(),
-                           "grad/l1": self.last["grad_l1"].mean()})
+        t = self.global_step  # the iteration running now: no optimizer step completed yet
+        if (t + 1) % self.log_every == 0 or t == self.max_steps - 1:
+            self._log_gradient()
+
+    def _log_gradient(self) -> None:
+        K = self.net.replicas
+        g = torch.cat([p.grad.reshape(K, -1) for p in self.params if p.grad is not None], dim=1)
+        self.last.update(grad_l2=g.norm(dim=1), grad_l1=g.abs().sum(dim=1))
+        self.log_dict({"grad/l2": self.last["grad_l2"].mean(),
+                       "grad/l1": self.last["grad_l1"].mean()})
 
     # -- evaluation ---------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -122,6 +240,10 @@ class GapModule(L.LightningModule):
             self.last.update({f"{split}_error": error, f"{split}_loss": loss})
             self.log_dict({f"{split}/error": error.mean(), f"{split}/loss": loss.mean()},
                           prog_bar=split == "test")
+        # the logger's x-axis: as Lightning labels it with one optimizer step per training
+        # step, an evaluation inside training carries the index of the iteration just run
+        fit = self.trainer.state.fn == "fit"
+        self.log("step", float(self.global_step - 1 if fit else self.global_step))
         self.last["eval_step"] = torch.tensor(self.global_step)
 
     # -- checkpoints --------------------------------------------------------------------------

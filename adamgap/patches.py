@@ -80,7 +80,7 @@ def to_dense_patches(index: Tensor, value: Tensor, d: int) -> Tensor:
     return out.scatter_add_(-1, index, value)
 
 
-def _csr_matmul(matrix: Tensor, dense: Tensor) -> Tensor:
+def csr_matmul(matrix: Tensor, dense: Tensor) -> Tensor:
     """``matrix @ dense`` for a CSR ``matrix``, as an ``embedding_bag``: row i is the sum of the
     rows of ``dense`` at row i's column indices, weighted by its values. On CPU this kernel
     (fbgemm) is about 2x faster than the CSR product for our few-column ``dense``."""
@@ -94,11 +94,11 @@ class _SparseProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, matrix: Tensor, matrix_t: Tensor) -> Tensor:
         ctx.matrix_t = matrix_t
-        return _csr_matmul(matrix, weight)
+        return csr_matmul(matrix, weight)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _csr_matmul(ctx.matrix_t, grad.contiguous()), None, None
+        return csr_matmul(ctx.matrix_t, grad.contiguous()), None, None
 
 
 def project(x: Tensor | SparsePatches, weight: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from adamgap import requeue, rundir
 from adamgap.alignment import AlignmentCallback
 from adamgap.checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_from
-from adamgap.config import to_yaml
+from adamgap.config import steps_per_batch, to_yaml
 from adamgap.data import SyntheticDataModule
 from adamgap.divergence import Diverged, DivergenceCallback
 from adamgap.image_patches import ImagePatchDataModule
@@ -86,6 +86,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
            "image_patches": ImagePatchDataModule, "images": ImageDataModule}[cfg.data.task]
     params = inspect.signature(cls).parameters
     d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k in params}
+    if "steps_per_batch" in params:
+        d["steps_per_batch"] = steps_per_batch(cfg)
     return cls(seeds_of(cfg), max_steps=cfg.trainer.max_steps, **d)
 
 
@@ -144,13 +146,15 @@ def run(cfg: DictConfig) -> dict:
     if cfg.align.enabled:
         align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg))
         callbacks.append(align)
+    k = steps_per_batch(cfg)  # optimizer steps per Lightning training step (batch)
     if t.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)))
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every // k)))
     trainer = L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-        val_check_interval=min(t.eval_every, t.max_steps), num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+        val_check_interval=min(t.eval_every, t.max_steps) // k, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every // k, logger=build_loggers(cfg, run_dir),
+        callbacks=callbacks,
         enable_checkpointing=True, plugins=[AtomicCheckpointIO(), *requeue.plugins()],
         deterministic=t.deterministic,
         enable_model_summary=False, enable_progress_bar=t.progress_bar, default_root_dir=run_dir,

@@ -33,7 +33,8 @@ def rank_datamodule(cfg, rank: int, world: int):
 
 def gradient(cfg, dm, step: int = 0) -> torch.Tensor:
     module = build_module(cfg, dm)
-    module.training_step(dm.train_batch(step), step)["loss"].backward()
+    objective, _ = module.objective(*dm.train_batch(step))  # per replica
+    objective.sum().backward()
     return module.net.weight.grad
 
 

@@ -15,6 +15,7 @@ from adamgap.cli import main
 from adamgap.divergence import Diverged, DivergenceCallback
 
 SHORT = ["trainer.max_steps=40", "trainer.eval_every=20", "trainer.log_every=10"]
+EVERY_STEP = [*SHORT, "trainer.steps_per_batch=1"]  # the Poison callback acts between any steps
 
 
 class Poison(L.Callback):
@@ -60,7 +61,7 @@ def fit(cfg, *callbacks: L.Callback, check_every: int | None = None):
 
 @pytest.mark.parametrize("where", ["loss", "gradient", "weights"])
 def test_each_quantity_is_caught_at_its_step(where):
-    cfg = tiny_config("synthetic_adam", *SHORT)
+    cfg = tiny_config("synthetic_adam", *EVERY_STEP)
     div, trainer = fit(cfg, Poison(where, step=7))
     assert div.first.tolist() == [7]
     assert div.messages[0].startswith(f"diverged at step 7 (seed 0): the {where} is not finite")
@@ -69,7 +70,7 @@ def test_each_quantity_is_caught_at_its_step(where):
 
 
 def test_device_path_reports_the_exact_step_and_stops_at_the_next_check():
-    cfg = tiny_config("synthetic_adam", *SHORT)
+    cfg = tiny_config("synthetic_adam", *EVERY_STEP)
     div, trainer = fit(cfg, Poison("gradient", step=13), check_every=10)
     assert div.first.tolist() == [13]
     assert "the gradient is not finite" in div.messages[0]
@@ -77,7 +78,7 @@ def test_device_path_reports_the_exact_step_and_stops_at_the_next_check():
 
 
 def test_a_diverged_replica_is_marked_and_the_others_finish():
-    cfg = tiny_config("synthetic_adam", *SHORT, "run.replicas=3")
+    cfg = tiny_config("synthetic_adam", *EVERY_STEP, "run.replicas=3")
     div, trainer = fit(cfg, Poison("loss", step=5, k=1))
     assert trainer.global_step == 40
     assert div.first.tolist() == [-1, 5, -1]
@@ -88,6 +89,30 @@ def test_a_diverged_replica_is_marked_and_the_others_finish():
     assert summary["replicas"][1]["diverged_step"] == 5
     assert summary["replicas"][1]["test_error"] is None  # NaN is not JSON: null
     assert summary["replicas"][1]["error"].startswith("diverged at step 5 (seed 1): the loss")
+
+
+def test_inside_a_chunk_the_step_and_quantity_are_exact_and_the_run_stops_at_its_end():
+    """Ten optimizer steps per training step (the default here): a NaN weight put in before
+    step 10 is the loss of step 10; a learning rate that overflows the weights of step 13's
+    update (lr jumps to inf there) is the weights of step 13, not the loss of step 14."""
+    cfg = tiny_config("synthetic_gd", *SHORT)
+    div, trainer = fit(cfg, Poison("loss", step=10))
+    assert div.first.tolist() == [10] and "the loss is not finite" in div.messages[0]
+    assert trainer.global_step == 20  # the chunk of steps 10-19 ran to its end
+
+    class Jump(L.Callback):  # the only way into a chunk: a scheduler-like change of lr
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 10:
+                opt = trainer.optimizers[0]
+                original = opt.step
+
+                def step(*args, **kwargs):  # step 13 (the 4th of the chunk): lr = inf
+                    opt.param_groups[0]["lr"] = float("inf") if module.global_step == 13 else 0.5
+                    return original(*args, **kwargs)
+                opt.step = step
+
+    div, trainer = fit(tiny_config("synthetic_gd", *SHORT), Jump())
+    assert div.first.tolist() == [13] and "the weights is not finite" in div.messages[0]
 
 
 def test_a_finite_run_is_completed_and_marked_nowhere():
@@ -105,8 +130,8 @@ def test_cli_diverged_run_exits_nonzero_with_one_line(tmp_path, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert code == 1
     assert summary["status"] == "diverged" and summary["diverged_quantity"] == "loss"
-    step = summary["diverged_step"]
-    assert 0 < step < 40 and summary["steps"] == step + 1
+    step = summary["diverged_step"]  # exact, though 10 steps run per training step here:
+    assert 0 < step < 40 and summary["steps"] == (step // 10 + 1) * 10  # stops at chunk end
     assert err == [f"error: diverged at step {step} (seed 0): the loss is not finite; "
                    "optim.lr=1e+06 is likely too large for gd"]
     assert (run_dir / "alignment.csv").is_file()  # the trajectory up to the divergence

@@ -72,7 +72,7 @@ def test_filters_view_names_the_classes():
     assert torch.equal(net.filters[0, 1, 0], net.weight[0, :, 1, 0])  # w_{-1,1} of replica 0
 
 
-@pytest.mark.parametrize("q", [3.0, 1.0])
+@pytest.mark.parametrize("q", [3.0, 2.0, 1.5, 1.0])
 def test_sparse_and_dense_inputs_give_the_same_f_and_gradient(q):
     index, value = random_coordinates()
     sparse = SparsePatches.from_coordinates(index, value, D)
@@ -99,6 +99,26 @@ def test_gradcheck_in_float64(sparse, linear):
     net = net64(linear=linear)
     w = net.weight.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda w: functional_call(net, {"weight": w}, (x,)), (w,))
+
+
+@pytest.mark.parametrize("q, linear, classes", [(3.0, False, 2), (2.0, False, 2),
+                                                (1.5, False, 2), (1.0, False, 2),
+                                                (3.0, True, 2), (3.0, False, 3)])
+def test_forward_with_vjp_is_forward_and_its_autograd_gradient(q, linear, classes):
+    """The closed-form path of the inner loop (no autograd graph) computes the same output
+    and, for any cotangent, the same weight gradient as autograd through ``forward``."""
+    index, value = random_coordinates(seed=2)
+    x = SparsePatches.from_coordinates(index, value, D)
+    net = PatchCNN(D, M, q, sigma_0=1.0, seeds=[5, 6], linear=linear, classes=classes).double()
+    out = net(x)
+    cotangent = torch.randn(out.shape, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(3))
+    (out * cotangent).sum().backward()
+    closed, vjp = net.forward_with_vjp(x)
+    assert not closed.requires_grad
+    torch.testing.assert_close(closed, out.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(vjp(cotangent), net.weight.grad, rtol=1e-12, atol=1e-14)
+    assert net.weight.grad.abs().sum() > 0
 
 
 def test_init_std_is_sigma_0_and_is_fixed_by_the_seed():
@@ -143,7 +163,31 @@ def test_training_objective_is_mean_logistic_plus_l2_except_adamw(name, has_l2):
         f = module.net(x)  # (K, n)
         logistic = torch.log1p(torch.exp(-y * f.double())).mean(1)
         norm2 = module.net.weight.double().square().flatten(1).sum(1)
-        expected = (logistic + (0.5 * 0.3 * norm2 if has_l2 else 0.0)).sum()
-        out = module.training_step((x, y), 0)
-    objective = out["loss"] if isinstance(out, dict) else out  # Lightning takes either form
+        expected = logistic + (0.5 * 0.3 * norm2 if has_l2 else 0.0)  # per replica
+        objective, _ = module.objective(x, y)  # what every optimizer step minimizes
     torch.testing.assert_close(objective.double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["synthetic_adam", "synthetic_adamw"])
+def test_closed_form_objective_and_gradient_equal_autograd(name):
+    """``GapModule.objective_and_gradient`` (the inner loop's path) against autograd through
+    ``objective`` (the path Lightning drives), on two replicas, with L2 (adam) and without
+    (adamw, whose decay is the optimizer's): same objective, same gradient, same f."""
+    module, (x, y) = module_and_batch(name)
+    module.double()
+    x, y = SparsePatches(x.matrix.double(), None, x.shape), y.double()
+    objective, f = module.objective(x, y)
+    objective.sum().backward()
+    closed = module.objective_and_gradient(x, y)
+    assert closed is not None
+    value, f_closed, (grad,) = closed
+    torch.testing.assert_close(value, objective.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(f_closed, f.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, module.net.weight.grad, rtol=1e-10, atol=1e-16)
+    assert grad.abs().sum() > 0
+
+
+def test_closed_form_is_declined_where_there_is_none():
+    module, (x, y) = module_and_batch("synthetic_adam")
+    dense = x.to_dense()
+    assert module.objective_and_gradient(dense, y) is None  # dense inputs: autograd

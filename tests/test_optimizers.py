@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config
+from omegaconf import OmegaConf
 
 from adamgap.optimizers import SignGD, build_optimizer, resolve_optimizer_class
 from adamgap.patches import SparsePatches
@@ -16,7 +17,8 @@ from adamgap.train import build_datamodule, build_module
 
 
 def fit(cfg, steps: int):
-    """W(0), W(steps) and the datamodule of ``steps`` Lightning training steps (no evaluation)."""
+    """W(0), W(steps) and the datamodule of ``steps`` optimizer steps (no evaluation)."""
+    cfg = OmegaConf.merge(cfg, {"trainer": {"max_steps": steps}})  # chunks that divide steps
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     w0 = module.net.weight.detach().clone()

@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # checkpoints at 20, 40, ...; evaluations at 40, 80, ...: both kinds of save point occur
 SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every=10",
             "align.every=10", "run.checkpoint_every=20"]
+# k = 10 optimizer steps per Lightning training step by default (the gcd of the periods above):
+# a callback, and so ``At`` below, sees only steps 10, 20, ...; "adam1" lets Lightning drive
+# every step, for stops at any step
 TASKS = {"adam": ("synthetic_adam", []),  # full batch
+         "adam1": ("synthetic_adam", ["trainer.steps_per_batch=1"]),
          "sgd": ("synthetic_sgd", ["data.batch_size=8"]),  # mini-batches: data order matters
          "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
 
@@ -104,10 +108,12 @@ def checkpoint_step(run_dir: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("task, crash_at, resumes_from", [
     ("adam", 10, None),  # before the first checkpoint: starts again
-    ("adam", 47, 40),  # checkpoint taken after the evaluation of step 40
-    ("adam", 73, 60),  # checkpoint at the end of a training step
-    ("sgd", 93, 80),
-    ("ensemble", 73, 60),
+    ("adam", 50, 40),  # checkpoint taken after the evaluation of step 40
+    ("adam", 70, 60),  # checkpoint at the end of a training step
+    ("sgd", 90, 80),
+    ("ensemble", 70, 60),
+    ("adam1", 47, 40),
+    ("adam1", 73, 60),
 ])
 def test_crash_then_resume_equals_uninterrupted(task, crash_at, resumes_from, tmp_path,
                                                 reference, with_callback):
@@ -129,22 +135,24 @@ def test_crash_then_resume_equals_uninterrupted(task, crash_at, resumes_from, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, step, saved", [
-    (signal.SIGTERM, 33, 33),  # saved at the end of step 33
-    (signal.SIGUSR1, 80, 80),  # outside Slurm SIGUSR1 stops too; saved after step 80's eval
+@pytest.mark.parametrize("task, signum, step, saved", [
+    ("adam", signal.SIGTERM, 30, 30),  # saved at the end of step 30
+    ("adam", signal.SIGUSR1, 80, 80),  # outside Slurm SIGUSR1 stops too; after step 80's eval
+    ("adam1", signal.SIGTERM, 33, 33),
 ])
-def test_signal_checkpoints_stops_and_resumes(signum, step, saved, tmp_path, reference,
+def test_signal_checkpoints_stops_and_resumes(task, signum, step, saved, tmp_path, reference,
                                               with_callback):
-    ref = reference("adam")
+    ref = reference(task)
     run_dir = tmp_path / "run"
+    name, extra = TASKS[task]
     with_callback(At(step, lambda: os.kill(os.getpid(), signum)))
-    summary = train.run(tiny_config("synthetic_adam", *SETTINGS, f"run.dir={run_dir}"))
+    summary = train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}"))
     assert summary["status"] == "interrupted" and summary["steps"] == step
     assert summary["error"] == (f"stopped by {signum.name} at step {step} (checkpoint: step "
                                 f"{saved}); continue with run.resume=true")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert checkpoint_step(run_dir) == saved
-    assert resume("adam", run_dir)["status"] == "completed"
+    assert resume(task, run_dir)["status"] == "completed"
     assert_same_run(ref, run_dir)
 
 

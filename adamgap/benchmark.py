@@ -107,17 +107,24 @@ def median_of(repeats: int, fn) -> tuple[float, list[float], object]:
 
 
 def train_cmd(work: Path, name: str, *overrides: str) -> list[str]:
+    """The default run exactly as a user types it (progress bar and all), in its own dir."""
     return [sys.executable, "scripts/train.py", "conf=synthetic_adam", f"run.dir={work / name}",
-            "trainer.progress_bar=false", *overrides]
+            *overrides]
+
+
+# scripts/train.py without its start-up measure (cli.collector_paused): the ablation row
+WITHOUT_GC_PAUSE = ("import sys; from adamgap.cli import main; from adamgap.train import run; "
+                    "sys.exit(main(run, sys.argv[1:]))")
 
 
 def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
           out: Path | None = ROOT / "docs" / "benchmark.md", log=print) -> str:
-    """Run every measurement; return (and write to ``out``) the markdown report."""
+    """Run every measurement; return (and write to ``out``) the markdown report. The repeats
+    of the single-run variants are interleaved (A, B, C, A, B, C, ...) so that a change in the
+    machine's load touches all of them alike."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     work = Path(tempfile.mkdtemp(prefix="adamgap-bench-"))
     counter = iter(range(10**6))
-    rows: list[tuple[str, str, str]] = []
 
     def fresh(name: str) -> str:
         return f"{name}{next(counter)}"
@@ -126,26 +133,52 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
         wall, stdout = timed(train_cmd(work, fresh("run"), *overrides), env)
         return wall, last_json(stdout)
 
+    def train_without_gc_pause():
+        cmd = [sys.executable, "-c", WITHOUT_GC_PAUSE, "conf=synthetic_adam",
+               f"run.dir={work / fresh('run')}"]
+        wall, stdout = timed(cmd, env)
+        return wall, last_json(stdout)
+
     def plain(flush: bool):
         code = (f"import json; from adamgap.benchmark import plain_loop; "
                 f"print(json.dumps(plain_loop(flush_denormal={flush})))")
         wall, stdout = timed([sys.executable, "-c", code], env)
         return wall, last_json(stdout)
 
+    variants = {
+        "train": lambda: train(),
+        "k1": lambda: train("trainer.steps_per_batch=1"),
+        "nogc": train_without_gc_pause,
+        "plain": lambda: plain(False),
+        "plain_flush": lambda: plain(True),
+    }
     load_before = os.getloadavg()[0]
     log(f"benchmark: {repeats} repeats, {threads} thread(s) per process, work dir {work}")
-    a, a_walls, a_out = median_of(repeats, lambda: train())
-    log(f"train.py: {a_walls} -> {a_out}")
-    b = {}
-    for flush in (False, True):
-        b[flush], walls, res = median_of(repeats, lambda flush=flush: plain(flush))
-        log(f"plain loop (flush_denormal={flush}): {walls} -> {res}")
-        rows.append((f"plain PyTorch loop, flush_denormal={flush}", f"{b[flush]:.1f}",
-                     f"test error {res['test_error']:.3f}, train error {res['train_error']:.3f}"))
-    rows.insert(0, ("`scripts/train.py conf=synthetic_adam`", f"{a:.1f}",
-                    f"test error {a_out['test_error']:.3f}, train error "
-                    f"{a_out['train_error']:.3f}; ratio to the plain loop: "
-                    f"{a / b[False]:.2f} (no flush), {a / b[True]:.2f} (flush)"))
+    walls: dict[str, list[float]] = {k: [] for k in variants}
+    result: dict[str, dict] = {}
+    for r in range(repeats):
+        for key, fn in variants.items():
+            wall, result[key] = fn()
+            walls[key].append(wall)
+            log(f"repeat {r}: {key} {wall:.2f} s -> {result[key]}")
+    med = {k: statistics.median(v) for k, v in walls.items()}
+
+    def errors(key: str) -> str:
+        return (f"test error {result[key]['test_error']:.3f}, train error "
+                f"{result[key]['train_error']:.3f}")
+
+    a, b = med["train"], {False: med["plain"], True: med["plain_flush"]}
+    rows = [
+        ("`python scripts/train.py conf=synthetic_adam`", f"{a:.1f}",
+         f"{errors('train')}; {a / b[False]:.2f}x the plain loop ({a / b[True]:.2f}x its "
+         "flushed variant)"),
+        ("the same with `trainer.steps_per_batch=1` (Lightning drives every step, autograd)",
+         f"{med['k1']:.1f}", errors("k1")),
+        ("the same started without `cli.collector_paused` (garbage collector on while "
+         "importing)", f"{med['nogc']:.1f}", errors("nogc")),
+        ("plain PyTorch loop, flush_denormal=False", f"{b[False]:.1f}", errors("plain")),
+        ("plain PyTorch loop, flush_denormal=True", f"{b[True]:.1f}", errors("plain_flush")),
+    ]
 
     def table1():
         sweep = work / fresh("table1")
@@ -207,7 +240,7 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan)) 
     if scale:
         lines += ["## Cost of one run (Adam, T = 2000 unless stated)", "",
                   "`fit s` is `summary.json`'s `wall_seconds`: Lightning's fit, which includes "
-                  "drawing the data (about 0.45 s per seed); `ms / step` is fit s / T.", "",
+                  "drawing the data; `ms / step` is fit s / T.", "",
                   "| size | process wall s | fit s | ms / step |", "|---|---|---|---|",
                   *(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in scale), ""]
     return "\n".join(lines) + "\n" + WHERE_TIME_GOES + GPU_DESIGN
@@ -216,36 +249,42 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan)) 
 WHERE_TIME_GOES = """
 ## Where the time goes, and what was done
 
+The two ablation rows above switch off, one at a time, the two measures that matter most.
+
+- **k optimizer steps per Lightning training step** (`module.py`, `config.steps_per_batch`):
+  at the paper's sizes one step's arithmetic is a fraction of a millisecond, and Lightning's
+  per-step machinery (loop, hooks, logger connector, `LightningOptimizer`) and autograd's
+  bookkeeping cost as much again. A training step therefore runs a chunk of k steps (by default
+  the gcd of `max_steps`, `log_every`, `eval_every`, `align.every` and `checkpoint_every`: 100
+  here), in which the torch optimizer steps directly and Lightning only counts the steps;
+  callbacks, logging, evaluation and checkpoints act at chunk ends, where the steps they act on
+  fall anyway. Inside a chunk the binary patch CNN takes its gradient in closed form
+  (`network.sparse_patch_sums_grad`, `module.logistic_l2_grad`: the formulas of its two custom
+  autograd nodes, which `tests/test_network.py` checks against autograd), and
+  `tests/test_chunks.py` checks that a chunked run equals the run with one step per training
+  step. Row "`trainer.steps_per_batch=1`" is the cost without it.
+- **Start-up** (`cli.collector_paused`): importing torch and Lightning creates millions of
+  objects, which the cyclic garbage collector walks again and again while they load and once
+  more at exit. `scripts/train.py` imports with the collector off, then `gc.freeze()`s what was
+  loaded, and freezes the heap before it exits. Row "without `cli.collector_paused`" is the cost
+  without it. What remains is mostly importing torch, Lightning, torchmetrics (which imports
+  torchvision, `torch._dynamo`, scipy and matplotlib) and the interpreter itself.
 - **Sparse products as `embedding_bag`** (`patches.py`): a patch has s + 1 of d nonzeros, so
   `<w_{j,r}, x_p>` for all replicas, examples, patches and filters is one product of a
   block-diagonal CSR matrix with the (K d, 2m) weights, and the weight gradient one product with
   its transpose. Both run as `F.embedding_bag(..., per_sample_weights=values)` (the fbgemm
   kernel), about 2x faster on this CPU than `torch`'s CSR matmul; the transpose is built only
-  for matrices that need a backward pass (never for the 10 000-example test set), by a stable
-  sort instead of two COO `coalesce` round trips (data set-up of a 10-seed ensemble about 4x
-  faster; both ratios measured on the busy machine).
-- **The L2 term in one pass** (`module.py`, `_SquaredNorm`): `square().sum()` through autograd
-  makes four passes over W per step, a large share of a K-seed step.
-- **No NVML probe per step** (`train.py`): Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1` on
-  import; torch's Adam-family `step()` then asks NVML (a `dlopen`) whether CUDA exists on every
-  call. On a CPU run the variable is dropped.
-- **One thread per process**: these problems are far too small for intra-op threads; on this
-  2-core machine, shared with other jobs, 2 threads made a default run about 30x slower (2650
-  steps in 442 s against 10 000 in 53 s). Sweeps set `sweep.threads` (default 1) and run cells
-  in parallel instead (`sweep.jobs`).
+  for matrices that need a backward pass (never for the 10 000-example test set).
+- **Data**: the noise coordinates are the top s of random keys per patch; every patch's keys
+  are drawn (the random stream, and so every seed's data, stays what it was) but only the noise
+  patches' keys are ranked, with an unsorted `topk` (the set is the same; it is sorted after).
 - **Denormals**: `train.run` calls `torch.set_flush_denormal(True)`: Adam's second moments
   and the early gradients of the cubic network underflow to denormal floats, which x86 CPUs
   process an order of magnitude slower.
-- **What is left** (measured on a nearly idle machine): importing `adamgap.train` takes 5.3 s
-  against 1.65 s for `torch` alone (Lightning imports torchmetrics, which imports torchvision
-  and with it `torch._dynamo`); the same math without Lightning (our sparse module and fused
-  Adam in a bare loop) costs 0.47 ms a step for one seed and 1.87 ms for ten, while the
-  Lightning run spends about 0.9 ms a step for one seed (hooks, closure, logger connector,
-  the callbacks); drawing a 10 000-example test set costs about 0.45 s per seed (`torch.rand`
-  and `topk` over d coordinates, kept as they are so that every seed's data stays the same).
-  Running several optimizer steps per Lightning step would remove most of the per-step share;
-  it changes the loop that the alignment, divergence and checkpoint callbacks rely on, so it is
-  left as a design decision.
+- **One thread per process**: these problems are far too small for intra-op threads; on this
+  2-core machine, shared with other jobs, 2 threads made a default run about 30x slower (2650
+  steps in 442 s against 10 000 in 53 s, measured before the chunked loop). Sweeps set
+  `sweep.threads` (default 1) and run cells in parallel instead (`sweep.jobs`).
 """
 
 GPU_DESIGN = """
@@ -256,9 +295,9 @@ replicas in one set of tensors and every step stays one pass of a fixed number o
 independent of K: one `embedding_bag` forward and one backward over the block-diagonal CSR
 patches (K n P rows, K d columns), elementwise activations on (K, n, P, 2m), the fused Adam over
 all K d 2m weights, per-replica metrics (`samplewise` accuracy, `MultioutputWrapper` means) and
-the alignment as batched `einsum`s. A single seed on a GPU is bound by launch and Python
-overhead (some 30 kernels and Lightning's hooks per step, well under a millisecond), not by
-arithmetic, so adding replicas is free until the kernels are large enough to fill the device.
+the alignment as batched `einsum`s. A single seed on a GPU is bound by kernel launches and
+Python (a fixed few dozen small kernels per step; Lightning's hooks only once per chunk of
+k steps), not by arithmetic, so adding replicas is free until the kernels fill the device.
 
 Expected, not measured (this task had no GPU): at K = 1000 a step moves about
 1000 x 200 x 102 nonzeros x 2m = 40 floats in each product, some 3 GB of gathers, plus about

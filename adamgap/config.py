@@ -335,10 +335,10 @@ def validate(cfg: DictConfig) -> None:
         why = _one_step_per_batch(cfg)
         _check(k >= 1 and (k == 1 or why is None), "trainer.steps_per_batch",
                f"1 or null {why}" if why else "null or an integer >= 1", cfg)
-        period = [p for p in _step_periods(cfg) if p % k]
-        _check(not period, "trainer.steps_per_batch",
-               f"null or a divisor of {period[:1]} (max_steps, log_every, eval_every, "
-               "align.every and checkpoint_every)", cfg)
+        off = [(key, p) for key, p in _step_periods(cfg) if p % k]
+        _check(not off, "trainer.steps_per_batch",
+               "null or a divisor of " + ", ".join(f"{key}={p}" for key, p in off[:1]) +
+               " (callbacks act only between training steps)", cfg)
     _check_trainer(cfg)
 
 
@@ -362,15 +362,16 @@ def world_size(t: DictConfig) -> int:
                           len(t.devices) if isinstance(t.devices, ListConfig) else 1)
 
 
-def _step_periods(cfg: DictConfig) -> list[int]:
+def _step_periods(cfg: DictConfig) -> list[tuple[str, int]]:
     """The step counts at whose multiples a callback or the logger acts (a chunk of optimizer
-    steps must end there)."""
+    steps must end there), with their keys."""
     t = cfg.trainer
-    periods = [t.max_steps, t.log_every, min(t.eval_every, t.max_steps)]
+    periods = [("trainer.max_steps", t.max_steps), ("trainer.log_every", t.log_every),
+               ("trainer.eval_every", min(t.eval_every, t.max_steps))]
     if cfg.align.enabled:
-        periods.append(cfg.align.every)
+        periods.append(("align.every", cfg.align.every))
     if cfg.run.checkpoint_every > 0:
-        periods.append(cfg.run.checkpoint_every)
+        periods.append(("run.checkpoint_every", cfg.run.checkpoint_every))
     return periods
 
 
@@ -387,7 +388,7 @@ def steps_per_batch(cfg: DictConfig) -> int:
         return t.steps_per_batch
     if _one_step_per_batch(cfg) is not None:
         return 1
-    return math.gcd(*_step_periods(cfg))
+    return math.gcd(*(p for _, p in _step_periods(cfg)))
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -8,11 +8,11 @@ objectives, so every replica receives exactly its own gradient and per-element o
 treat the replicas as K separate runs.
 
 One Lightning training step runs k optimizer steps (``trainer.steps_per_batch``): at the
-paper's sizes a step's arithmetic is ~0.1 ms and Lightning's per-step machinery about as much
-again, so it is paid once per k steps. The binary patch CNN on sparse patches takes its
-gradient in closed form (``logistic_l2_grad`` and ``network.sparse_patch_sums_grad``, the very
-formulas of its autograd nodes); ``tests/test_chunks.py`` shows such a run equals the run with
-one step per training step.
+paper's sizes a step's arithmetic is a fraction of a millisecond and Lightning's per-step
+machinery costs about as much again, so it is paid once per k steps. The binary patch CNN on
+sparse patches takes its gradient in closed form (``logistic_l2_grad`` and
+``network.sparse_patch_sums_grad``, the very formulas of its autograd nodes);
+``tests/test_chunks.py`` shows such a run equals the run with one step per training step.
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import csv
 
+import lightning as L
 import pytest
 import torch
 from conftest import tiny_config
 
 from adamgap.config import ConfigError, load_config, steps_per_batch
-from adamgap.train import run
+from adamgap.train import build_datamodule, build_module, run
 
 
 def read_csv(path) -> list[dict]:
@@ -51,6 +52,24 @@ def test_chunked_run_is_the_run_with_one_step_per_training_step(tmp_path, name):
             assert (value == "") == (r1[key] == ""), (r["step"], key)
             if value:
                 assert float(value) == pytest.approx(float(r1[key]), rel=1e-4, abs=1e-7), key
+
+
+@pytest.mark.parametrize("k", ["null", 1])
+def test_the_lr_schedule_steps_once_per_optimizer_step(k):
+    """Manual optimization: the module steps the scheduler itself, after every optimizer step,
+    inside a chunk (k = 50) or not: halving every 100 steps, 300 steps end at lr / 8."""
+    cfg = tiny_config("synthetic_adam", "trainer.max_steps=300", "optim.schedule=step",
+                      "optim.step_size=100", "optim.gamma=0.5", f"trainer.steps_per_batch={k}")
+    assert steps_per_batch(cfg) == (50 if k == "null" else 1)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    trainer = L.Trainer(max_steps=300, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 300
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 300
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.optim.lr / 8)
 
 
 def test_train_metrics_carry_the_optimizer_step(tmp_path):

@@ -462,23 +462,29 @@ def markdown(table: list[dict], keys: list[str]) -> str:
 
 
 # -- command line ----------------------------------------------------------------------------------
+USAGE = "sweep.py --dir D [--cell I | --aggregate] [--threads N]"
+
+
 def main(argv: list[str]) -> int:
     """``conf=... sweep.*=... key=value`` (new or same sweep), or ``--dir D [--cell I |
     --aggregate] [--threads N]``. Exit 0 when every cell finished, 1 when one failed, 2 on bad
     input."""
     import argparse
 
-    if argv and argv[0].startswith("--"):
-        p = argparse.ArgumentParser(prog="sweep.py")
-        p.add_argument("--dir", required=True)
-        p.add_argument("--cell", type=int)
-        p.add_argument("--aggregate", action="store_true")
-        p.add_argument("--threads", type=int)
-        args = p.parse_args(argv)
-    else:
-        args = None
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # argparse's usage + error: one line, as everywhere
+            raise ConfigError(f"{message} (usage: {USAGE})")
+
     sweep_dir: str | Path = "SWEEP_DIR"  # named in the interrupt message
     try:
+        args = None
+        if argv and argv[0].startswith("--"):
+            p = Parser(prog="sweep.py")
+            p.add_argument("--dir", required=True)
+            p.add_argument("--cell", type=int)
+            p.add_argument("--aggregate", action="store_true")
+            p.add_argument("--threads", type=int)
+            args = p.parse_args(argv)
         if args is None:
             sweep_dir = create(parse_args(argv))
         else:

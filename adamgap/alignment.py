@@ -153,15 +153,11 @@ def plot_alignment(history: dict[str, Tensor], path: Path, title: str | None = N
     import matplotlib.pyplot as plt
 
     from adamgap.outputs import atomic_write
+    from adamgap.report import figure2_curves
 
     step = history["step"].numpy()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    curves = (
-        ("feature_learning", r"feature learning $\max_r\langle w_{+1,r}, v\rangle$", "tab:blue"),
-        ("noise_memorization",
-         r"noise memorization (mean$_{y_i=+1}$ $\max_r\langle w_{+1,r},\xi_i\rangle$)", "tab:red"),
-    )
-    for key, label, color in curves:
+    for key, label, color in figure2_curves():
         values = history[key].numpy()  # (records, K)
         if values.shape[1] == 1:
             ax.plot(step, values[:, 0], color=color, label=label)

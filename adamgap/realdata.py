@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from adamgap.outputs import atomic_write
+from adamgap.report import figure2_curves
 from adamgap.sweep import fmt, mean_ci
 
 COLUMNS = (("train_error", "train error", 3), ("test_error", "test error", 3),
@@ -30,10 +31,7 @@ COLUMNS = (("train_error", "train error", 3), ("test_error", "test error", 3),
            ("xi_l1_l2", "‖ξ‖₁/‖ξ‖₂", 1), ("mu_cosine", "cos(μ₊, μ₋)", 2))
 
 
-CURVES = (("feature_learning", r"feature learning $\max_r\langle w_{+1,r},\mu_{+1}\rangle$",
-           "tab:blue"),
-          ("noise_memorization", r"noise memorization (mean$_{y_i=+1}$ $\max_r\langle "
-           r"w_{+1,r},\xi_i\rangle$)", "tab:red"))
+CURVES = figure2_curves(r"\mu_{+1}")  # Figure 2's curves, with the image's feature mu_{+1}
 
 
 def replicas_of(run_dir: Path) -> list[dict]:

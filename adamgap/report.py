@@ -147,15 +147,22 @@ def curves(group: Group, keys=("feature_learning", "noise_memorization")) -> dic
     return out
 
 
+def figure2_curves(feature: str = "v") -> tuple[tuple[str, str, str], ...]:
+    """Figure 2's two curves, class +1, as (summary key, legend label, colour); ``feature`` is
+    the symbol of the class's feature direction (``v``; ``\\mu_{+1}`` on real images). Every
+    Figure-2 plot (runs, the report, real data) labels its curves from here."""
+    return (("feature_learning", rf"feature learning $\max_r\langle w_{{+1,r}}, {feature}\rangle$",
+             "tab:blue"),
+            ("noise_memorization", r"noise memorization $\mathrm{mean}_{y_i=+1}\max_r"
+             r"\langle w_{+1,r},\xi_i\rangle$", "tab:red"))
+
+
 def figure2(groups: list[Group], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), squeeze=False)
     for ax, panel, g in zip(axes[0], "ab", groups, strict=False):
         c = curves(g)
-        for key, name, color in (("feature_learning", r"feature learning $\max_r\langle "
-                                  r"w_{+1,r}, v\rangle$", "tab:blue"),
-                                 ("noise_memorization", r"noise memorization $\mathrm{mean}_"
-                                  r"{y_i=+1}\max_r\langle w_{+1,r},\xi_i\rangle$", "tab:red")):
+        for key, name, color in figure2_curves():
             mean, sd = c[key]
             ax.plot(c["step"], mean, color=color, label=name)
             low = [m - s for m, s in zip(mean, sd, strict=True)]

@@ -304,9 +304,10 @@ Expected, not measured (this task had no GPU): at K = 1000 a step moves about
 1 GB of Adam state traffic: a few milliseconds on an H100/H200-class device, so 10 000 steps
 in under a minute against ~10 s for one seed, i.e. 1 000 seeds for the cost of a handful. The
 bottleneck then moves to data: the 10 000-example test sets are drawn per seed on the CPU
-(about 0.5 s each here, so minutes for 1 000 seeds) and take ~20 GB as CSR on the device;
-chunking the seeds (`sweep.chunk=100`, one array task per chunk) or drawing the data on the
-device (with a device generator, which changes the random streams) are the two ways out.
+(0.16 s of sampling each here, `data.make_patches`, so minutes for 1 000 seeds) and take
+~20 GB as CSR on the device; chunking the seeds (`sweep.chunk=100`, one array task per
+chunk) or drawing the data on the device (with a device generator, which changes the random
+streams) are the two ways out.
 """
 
 

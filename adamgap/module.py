@@ -188,8 +188,9 @@ class GapModule(L.LightningModule):
                 error = self.errors(f, y).float().mean(dim=1)
             self.last.update(step_objective=objective.detach(), step_error=error)
             # under DDP each rank sees its shard: average them (equal shards: the full batch)
-            self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean(),
-                           "step": float(t)}, prog_bar=True, sync_dist=True)
+            self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean()},
+                          prog_bar=True, sync_dist=True)
+            self.log("step", float(t))  # the x-axis of this training step's logs
         if inside:
             if closed:
                 for p, grad in zip(self.params, closed[2], strict=True):

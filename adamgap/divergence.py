@@ -39,6 +39,13 @@ from torch import Tensor
 QUANTITIES = ("loss", "gradient", "weights")  # in the order a divergence propagates
 
 
+def replica_sums(tensors: list[Tensor], K: int) -> Tensor:
+    """(K,): the sum of every element of replica k in ``tensors``, each of which carries the
+    replica dimension first. Not finite when one element is not, and also (harmlessly: such a
+    run has diverged) when |values| near 1e33 overflow."""
+    return sum(x.detach().reshape(K, -1).sum(1) for x in tensors)
+
+
 class Diverged(Exception):
     """Every replica has diverged: training stops (the message is the first replica's line)."""
 
@@ -66,12 +73,11 @@ class DivergenceCallback(L.Callback):
         # (k, 3, K): per step of this training step, the sums of the objective, the gradient
         # (as the optimizer used it: under DDP averaged over ranks) and the updated weights
         totals = outputs["totals"].clone()
+        k, _, K = totals.shape
         # the last step's weights as they are now, after every callback of this training step
-        K = totals.shape[2]
-        totals[-1, 2] = sum(p.detach().reshape(K, -1).sum(1) for p in module.params)
+        totals[-1, 2] = replica_sums(module.params, K)
         if self.check_every == 1 and math.isfinite(totals.sum().item()):
             return  # alone on a CPU, where reading a number costs nothing: the common case
-        k, _, K = totals.shape
         bad = ~totals.isfinite().permute(2, 0, 1).reshape(K, 3 * k)  # (K, steps x quantities)
         first = bad.int().argmax(1)  # each replica's earliest (step, quantity), in that order
         new = bad.any(1) & (self.first < 0)

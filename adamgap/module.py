@@ -25,6 +25,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.wrappers import MultioutputWrapper
 
 from adamgap.data import StepChunk
+from adamgap.divergence import replica_sums
 from adamgap.network import PatchCNN
 from adamgap.optimizers import build_optimizer
 from adamgap.patches import SparsePatches
@@ -180,7 +181,7 @@ class GapModule(L.LightningModule):
         K = self.net.replicas
         closed = self.objective_and_gradient(x, y) if inside else None
         objective, f = closed[:2] if closed else self.objective(x, y)
-        log = (t + 1) % self.log_every == 0 or t == self.max_steps - 1
+        log = self._logs_at(t)
         if log:
             # Lightning hands these to the loggers at the end of the training step (k divides
             # log_every), labelled with ``step`` t rather than its count of training steps
@@ -209,13 +210,16 @@ class GapModule(L.LightningModule):
             opt.step()  # its on_before_optimizer_step hook logs the gradient
         if schedule is not None:
             schedule.step()
-        grad = sum(p.grad.reshape(K, -1).sum(1) for p in self.params if p.grad is not None)
-        weights = sum(p.detach().reshape(K, -1).sum(1) for p in self.params)
-        return torch.stack([objective.detach(), grad, weights])
+        grad = replica_sums([p.grad for p in self.params if p.grad is not None], K)
+        return torch.stack([objective.detach(), grad, replica_sums(self.params, K)])
+
+    def _logs_at(self, t: int) -> bool:
+        """Whether iteration t logs its train metrics: every ``log_every`` steps and the last."""
+        return (t + 1) % self.log_every == 0 or t == self.max_steps - 1
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        t = self.global_step  # the iteration running now: no optimizer step completed yet
-        if (t + 1) % self.log_every == 0 or t == self.max_steps - 1:
+        # global_step: the iteration running now (no optimizer step completed yet)
+        if self._logs_at(self.global_step):
             self._log_gradient()
 
     def _log_gradient(self) -> None:

@@ -26,8 +26,7 @@ def sparse_patch_sums(weight: Tensor, x: SparsePatches,
     sigma(z) = relu(z)^q (``q = None``: sigma(z) = z); and ``slope`` = sigma'(Z) / q, what
     :func:`sparse_patch_sums_grad` needs (None when sigma is linear)."""
     K, d, C, m = weight.shape
-    _, B, P, _ = x.shape
-    z = csr_matmul(x.matrix, weight.reshape(K * d, C * m)).view(K, B, P, C, m)
+    z = project(x, weight.reshape(K, d, C * m)).unflatten(-1, (C, m))  # (K, B, P, C, m)
     if q is None:
         return z.sum(dim=(2, 4)), None
     a = z.clamp_min_(0)

@@ -88,26 +88,10 @@ def csr_matmul(matrix: Tensor, dense: Tensor) -> Tensor:
                            per_sample_weights=matrix.values(), include_last_offset=True)
 
 
-class _SparseProject(torch.autograd.Function):
-    """``X @ W`` for a sparse X whose transpose is precomputed (the backward is ``X^T @ dZ``)."""
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, matrix: Tensor, matrix_t: Tensor) -> Tensor:
-        ctx.matrix_t = matrix_t
-        return csr_matmul(matrix, weight)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return csr_matmul(ctx.matrix_t, grad.contiguous()), None, None
-
-
 def project(x: Tensor | SparsePatches, weight: Tensor) -> Tensor:
     """``<w_c, x_{k,b,p}>`` for every channel c: ``weight`` (K, d, C) -> (K, B, P, C)."""
     K, d, C = weight.shape
     if isinstance(x, SparsePatches):
         _, B, P, _ = x.shape
-        backward = torch.is_grad_enabled() and weight.requires_grad
-        z = _SparseProject.apply(weight.reshape(K * d, C), x.matrix,
-                                 x.transpose() if backward else None)
-        return z.view(K, B, P, C)
+        return csr_matmul(x.matrix, weight.reshape(K * d, C)).view(K, B, P, C)
     return torch.einsum("kbpd,kdc->kbpc", x, weight)

@@ -20,7 +20,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from adamgap.figures import plot_alignment
 from adamgap.network import PatchCNN
+from adamgap.outputs import atomic_write, write_csv
 
 SUMMARY_KEYS = (
     "feature_learning",  # max_r <w_{+1,r}, v>                      (Figure 2, "feature")
@@ -135,8 +137,6 @@ class AlignmentCallback(L.Callback):
         return out
 
     def write(self) -> None:
-        from adamgap.outputs import atomic_write, write_csv
-
         write_csv(self.run_dir / "alignment.csv", self.rows)
         full = {"step": torch.tensor(self.steps), "seeds": self.seeds,
                 "feature_learning": torch.stack(self.feature),
@@ -144,33 +144,3 @@ class AlignmentCallback(L.Callback):
         atomic_write(self.run_dir / "alignment.pt", lambda f: torch.save(full, f), binary=True)
         plot_alignment(self.history(), self.run_dir / "figures" / "alignment.png")
 
-
-def plot_alignment(history: dict[str, Tensor], path: Path, title: str | None = None) -> None:
-    """Figure 2 panel: class +1, feature learning and noise memorization vs iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from adamgap.outputs import atomic_write
-    from adamgap.report import figure2_curves
-
-    step = history["step"].numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label, color in figure2_curves():
-        values = history[key].numpy()  # (records, K)
-        if values.shape[1] == 1:
-            ax.plot(step, values[:, 0], color=color, label=label)
-        else:
-            mean = values.mean(1)
-            ax.plot(step, mean, color=color, label=f"{label}, mean of {values.shape[1]}")
-            ax.fill_between(step, values.min(1), values.max(1), color=color, alpha=0.2)
-    ax.axhline(0.0, color="gray", lw=0.6)
-    ax.set_xlabel("iteration")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(fig)

@@ -1,59 +1,42 @@
-"""Entry-point plumbing shared by the scripts: parse ``conf=NAME key=value ...``, turn a bad
-configuration into one line on stderr and exit status 2 (no traceback, nothing written), and
-keep the garbage collector off the import of torch and Lightning (:func:`collector_paused`)."""
+"""The command line of ``scripts/train.py``: parse ``conf=NAME key=value ...``, check the
+configuration, train, print one JSON line per seed. A bad configuration is one line on stderr
+and exit status 2, with no traceback and nothing written."""
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-from adamgap.config import ConfigError, load_config, parse_overrides
+from lightning.pytorch.utilities import rank_zero_only
 
+from adamgap import preflight
+from adamgap.config import load_config, parse_overrides
+from adamgap.errors import ConfigError
+from adamgap.summary import replicas_of
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """For a script's heavy imports: importing torch and Lightning creates millions of
-    long-lived objects, and the cyclic garbage collector traverses them again and again while
-    they load (about 1 s of a 3 s start-up here). Pause it, then ``gc.freeze`` what was created
-    (out of its reach for the rest of the process) and let it run on. Only for scripts: a
-    frozen object is never collected, so a long-lived caller (a test session) should not."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
-
-
-def exit_status(status: int) -> int:
-    """Freeze the heap before a script exits: the interpreter's final collection would
-    otherwise traverse every object once more (about 1 s here) just before the process ends."""
-    gc.freeze()
-    return status
+PRINTED = ("status", "train_error", "test_error", "feature_learning", "noise_memorization",
+           "wall_seconds")  # per seed, in the JSON line
 
 
 def main(run: Callable, argv: list[str]) -> int:
+    """``run`` (``adamgap.train.run``) the configuration ``argv`` names. Exit status: 0 when
+    the run completed, 1 when it diverged or was interrupted, 2 for a bad configuration."""
     if any(a in ("-h", "--help") for a in argv):
         print(sys.modules["__main__"].__doc__ or "usage: conf=NAME [key=value ...]")
         return 0
     try:
         name, overrides = parse_overrides(argv)
         cfg = load_config(name, overrides)
+        preflight.check(cfg)
         summary = run(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    keys = ("status", "train_error", "test_error", "feature_learning", "noise_memorization",
-            "wall_seconds")
-    from lightning.pytorch.utilities import rank_zero_only  # not before collector_paused
-
-    rows = summary.get("replicas", [summary]) if rank_zero_only.rank == 0 else []  # DDP: once
+    rows = replicas_of(summary) if rank_zero_only.rank == 0 else []  # DDP: print once
     for row in rows:
         print(json.dumps({"conf": summary["conf"], "seed": row["seed"],
-                          **{k: row[k] for k in keys if k in row}}))
+                          **{k: row[k] for k in PRINTED if k in row}}))
         if row.get("error"):  # diverged or interrupted: the one line that says why
             print(f"error: {row['error']}", file=sys.stderr)
     return 0 if summary.get("status") == "completed" else 1

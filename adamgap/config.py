@@ -10,8 +10,8 @@ impossible values with a :class:`ConfigError` whose message is one line naming t
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from adamgap.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key and what is allowed."""
 
 
 @dataclass
@@ -123,7 +121,7 @@ class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "adamgap"
     entity: str | None = None  # W&B team or user; null -> your default entity
-    group: str | None = None  # null -> the sweep's name, or conf (adamgap/wandb_run.py)
+    group: str | None = None  # null -> the sweep's name, or conf (adamgap/runtime/wandb_run.py)
     tags: list[str] = field(default_factory=list)  # added to optim:<name> task:<task> conf:<name>
     name: str | None = None  # null -> <conf>-s<seed>
 
@@ -152,9 +150,6 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-OPTIMIZERS = ("gd", "sgd", "adam", "adamw", "signgd")
 
 
 def conf_names() -> list[str]:
@@ -263,16 +258,33 @@ def _check(ok: bool, key: str, allowed: str, cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject impossible values (types and keys are already checked by the schema)."""
+    """Reject impossible values (types and keys are already checked by the schema): each
+    group by its own function, then what depends on several. Checks that need torch or
+    Lightning (the optimizer, the Trainer's arguments) are ``adamgap.preflight``'s."""
+    _validate_data(cfg)
+    _validate_model(cfg)
+    _validate_optim(cfg)
+    _validate_trainer(cfg)
+    _check(cfg.align.every >= 1, "align.every", "an integer >= 1", cfg)
+    _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
+           "offline | online | disabled", cfg)
+    _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
+    _check(cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0 (0: off)", cfg)
+    _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg)
+    _validate_steps_per_batch(cfg)
+
+
+def _validate_data(cfg: DictConfig) -> None:
     d = cfg.data
     _check(d.task in TASKS, "data.task", f"one of {', '.join(TASKS)}", cfg)
+    task = TASKS[d.task]
+    unused = [k for k, v in OmegaConf.to_container(d).items()
+              if k != "task" and k not in task.keys and v != _DATA_DEFAULTS[k]]
+    _check(not unused, f"data.{unused[0] if unused else ''}",
+           f"the default with data.task={d.task} (it reads only {', '.join(task.keys)})", cfg)
     _check(d.d >= 2, "data.d", "an integer >= 2", cfg)
     _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
     _check(d.n_test > 0, "data.n_test", "an integer > 0", cfg)
-    if d.task == "synthetic":
-        _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
-    else:
-        _validate_images(cfg)
     _check(d.sigma_p is None or d.sigma_p >= 0, "data.sigma_p", "null (1/sqrt(s)) or >= 0", cfg)
     _check(math.isfinite(d.alpha) and d.alpha >= 0, "data.alpha", "a number >= 0", cfg)
     _check(d.labels in ("balanced", "rademacher"), "data.labels", "balanced | rademacher", cfg)
@@ -281,22 +293,87 @@ def validate(cfg: DictConfig) -> None:
     _check(d.patches >= 1, "data.patches", "an integer >= 1", cfg)
     _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
            f"null (full batch) or 1..n (n={d.n})", cfg)
+    task.check(cfg)
+
+
+def _validate_synthetic(cfg: DictConfig) -> None:
+    """Definition 3.1: the noise lives outside supp(v)."""
+    d = cfg.data
+    _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
     if d.v is not None:
         _check(len(d.v) == d.d and any(x != 0 for x in d.v), "data.v",
                f"null (e_1) or a nonzero list of d={d.d} numbers", cfg)
         free = sum(1 for x in d.v if x == 0)
         _check(d.s <= free, "data.s", f"at most the {free} coordinates outside supp(v)", cfg)
+
+
+def _image_classes(cfg: DictConfig) -> list[int]:
+    """The real-image tasks' dataset and classes (null -> all of them), checked."""
+    d = cfg.data
+    _check(d.dataset in DATASETS, "data.dataset", " | ".join(DATASETS), cfg)
+    total = DATASETS[d.dataset].classes
+    classes = list(range(total)) if d.classes is None else list(d.classes)
+    _check(len(set(classes)) == len(classes) >= 2 and all(0 <= c < total for c in classes),
+           "data.classes", f"null (all) or >= 2 distinct labels in 0..{total - 1}", cfg)
+    _check(d.image_size is None or 1 <= d.image_size <= DATASETS[d.dataset].side,
+           "data.image_size", f"null or 1..{DATASETS[d.dataset].side}", cfg)
+    _check(d.normalize in ("unit", "centered", "none"), "data.normalize",
+           "unit | centered | none", cfg)
+    _check(d.workers >= 0, "data.workers", "an integer >= 0", cfg)
+    return classes
+
+
+def _validate_planted(cfg: DictConfig) -> None:
+    """The planted feature-patch task (``adamgap.tasks.planted``)."""
+    d = cfg.data
+    classes = _image_classes(cfg)
+    _check(d.basis in ("pixel", "dct"), "data.basis", "pixel | dct", cfg)
+    _check(d.noise_coords in ("all", "outside"), "data.noise_coords", "all | outside", cfg)
+    _check(d.feature_noise in ("opposite", "same"), "data.feature_noise", "opposite | same", cfg)
+    D = image_dim(d.dataset, d.image_size)
+    _check(len(classes) == 2, "data.classes", "two labels [y=+1, y=-1], e.g. [0, 1]", cfg)
+    _check(d.d >= D, "data.d", f">= the image dimension D={D} (it is embedded in R^d)", cfg)
+    free = d.d if d.noise_coords == "all" else d.d - D
+    _check(0 <= d.s <= free, "data.s", f"0..{free} (noise_coords={d.noise_coords})", cfg)
+    _check(d.feature_k is None or 1 <= d.feature_k <= D, "data.feature_k", f"null or 1..{D}",
+           cfg)
+
+
+def _validate_image_patches(cfg: DictConfig) -> None:
+    """Images cut into a grid of patches (``adamgap.tasks.image_patches``)."""
+    d = cfg.data
+    classes = _image_classes(cfg)
+    _check(not cfg.align.enabled or len(classes) == 2, "align.enabled",
+           "false here: alignment needs two classes and patch inputs", cfg)
+    C, side = DATASETS[d.dataset].channels, d.image_size or DATASETS[d.dataset].side
+    _check(d.grid >= 1 and side % d.grid == 0, "data.grid", f"a divisor of the image side {side}",
+           cfg)
+    _check(d.d == C * (side // d.grid) ** 2, "data.d",
+           f"the patch dimension C*(side/grid)^2 = {C * (side // d.grid) ** 2}", cfg)
+
+
+def _validate_images(cfg: DictConfig) -> None:
+    """Whole images for a real CNN (``adamgap.tasks.resnet``)."""
+    _image_classes(cfg)
+    _check(not cfg.align.enabled, "align.enabled",
+           "false here: alignment needs two classes and patch inputs", cfg)
+    _check(cfg.run.replicas == 1, "run.replicas", "1 with data.task=images", cfg)
+
+
+def _validate_model(cfg: DictConfig) -> None:
     mo = cfg.model
     _check(mo.name in ("patch_cnn", "linear", "resnet18"), "model.name",
            "patch_cnn | linear | resnet18", cfg)
-    _check((mo.name == "resnet18") == (d.task == "images"), "model.name",
+    _check((mo.name == "resnet18") == (cfg.data.task == "images"), "model.name",
            "resnet18 exactly when data.task=images", cfg)
     _check(mo.m >= 1, "model.m", "an integer >= 1", cfg)
     _check(mo.q >= 1, "model.q", "a number >= 1", cfg)
     _check(mo.sigma_0 >= 0, "model.sigma_0", "a number >= 0", cfg)
+
+
+def _validate_optim(cfg: DictConfig) -> None:
+    """The values; whether ``optim.name`` builds is ``adamgap.preflight``'s to say."""
     o = cfg.optim
-    _check(_known_optimizer(o.name), "optim.name",
-           f"{' | '.join(OPTIMIZERS)}, a torch.optim class or module:Class", cfg)
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a number > 0", cfg)
     _check(o.lam >= 0, "optim.lam", "a number >= 0", cfg)
     _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", cfg)
@@ -306,40 +383,40 @@ def validate(cfg: DictConfig) -> None:
     _check(o.momentum >= 0, "optim.momentum", "a number >= 0", cfg)
     _check(o.schedule in ("constant", "cosine", "step"), "optim.schedule",
            "constant | cosine | step", cfg)
-    _check(o.name != "gd" or d.batch_size in (None, d.n), "data.batch_size",
+    _check(o.name != "gd" or cfg.data.batch_size in (None, cfg.data.n), "data.batch_size",
            "null or n with optim.name=gd (full batch); use optim.name=sgd for mini-batches", cfg)
-    t = cfg.trainer
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    """The values; whether Lightning accepts the combination is ``adamgap.preflight``'s."""
+    t, d = cfg.trainer, cfg.data
     _check(t.max_steps >= 1, "trainer.max_steps", "an integer >= 1", cfg)
     _check(t.log_every >= 1, "trainer.log_every", "an integer >= 1", cfg)
     _check(t.eval_every >= 1, "trainer.eval_every", "an integer >= 1", cfg)
     _check(not t.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")), "trainer.strategy",
            "auto | ddp | ... (spawned or forked ranks would keep the run summary to themselves)",
            cfg)
+    _check(t.deterministic in (True, False, "warn"), "trainer.deterministic",
+           "true | false | warn", cfg)
     world = world_size(t)
     if world > 1:  # DDP: every rank a shard of equal size (data.py)
         _check(d.n % world == 0, "data.n",
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
         _check(d.batch_size is None or d.batch_size % world == 0, "data.batch_size",
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
-    _check(cfg.align.every >= 1, "align.every", "an integer >= 1", cfg)
-    w = cfg.logger.wandb
-    _check(w.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
-           "offline | online | disabled", cfg)
-    _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
-    _check(cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0 (0: off)", cfg)
-    _check(t.deterministic in (True, False, "warn"), "trainer.deterministic",
-           "true | false | warn", cfg)
-    _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg)
-    k = t.steps_per_batch
-    if k is not None:
-        why = _one_step_per_batch(cfg)
-        _check(k >= 1 and (k == 1 or why is None), "trainer.steps_per_batch",
-               f"1 or null {why}" if why else "null or an integer >= 1", cfg)
-        off = [(key, p) for key, p in _step_periods(cfg) if p % k]
-        _check(not off, "trainer.steps_per_batch",
-               "null or a divisor of " + ", ".join(f"{key}={p}" for key, p in off[:1]) +
-               " (callbacks act only between training steps)", cfg)
-    _check_trainer(cfg)
+
+
+def _validate_steps_per_batch(cfg: DictConfig) -> None:
+    k = cfg.trainer.steps_per_batch
+    if k is None:
+        return
+    why = _one_step_per_batch(cfg)
+    _check(k >= 1 and (k == 1 or why is None), "trainer.steps_per_batch",
+           f"1 or null {why}" if why else "null or an integer >= 1", cfg)
+    off = [(key, p) for key, p in _step_periods(cfg) if p % k]
+    _check(not off, "trainer.steps_per_batch",
+           "null or a divisor of " + ", ".join(f"{key}={p}" for key, p in off[:1]) +
+           " (callbacks act only between training steps)", cfg)
 
 
 def _one_step_per_batch(cfg: DictConfig) -> str | None:
@@ -360,6 +437,11 @@ def world_size(t: DictConfig) -> int:
     """The number of processes the ``trainer`` settings start (devices x nodes)."""
     return t.num_nodes * (t.devices if isinstance(t.devices, int) else
                           len(t.devices) if isinstance(t.devices, ListConfig) else 1)
+
+
+def seeds_of(cfg: DictConfig) -> list[int]:
+    """The replicas' seeds: seed, seed + 1, ..., seed + K - 1."""
+    return [cfg.seed + k for k in range(cfg.run.replicas)]
 
 
 def _step_periods(cfg: DictConfig) -> list[tuple[str, int]]:
@@ -391,96 +473,47 @@ def steps_per_batch(cfg: DictConfig) -> int:
     return math.gcd(*(p for _, p in _step_periods(cfg)))
 
 
-def _check_trainer(cfg: DictConfig) -> None:
-    """Lightning judges its own arguments (names, combinations, what this machine has): ask it
-    now, before a run directory exists, rather than when the run builds its Trainer."""
-    t = cfg.trainer
-    devices = tuple(t.devices) if isinstance(t.devices, ListConfig) else t.devices
-    error = _trainer_error(t.accelerator, devices, t.num_nodes, t.strategy, t.precision)
-    if error is not None:
-        key = next((k for k in ("precision", "strategy", "num_nodes", "devices", "accelerator")
-                    if k in error), "accelerator")
-        value = OmegaConf.to_container(t)[key]
-        raise ConfigError(f"trainer.{key}={value!r} is not allowed: {error}")
+@dataclass(frozen=True)
+class Dataset:
+    """What the schema needs to know of a real-image dataset without loading it."""
+
+    channels: int
+    side: int  # images are side x side
+    classes: int
 
 
-@functools.lru_cache(maxsize=32)
-def _trainer_error(accelerator: str, devices: Any, num_nodes: int, strategy: str,
-                   precision: str) -> str | None:
-    import logging
-    import warnings
-
-    import lightning as L
-
-    log = logging.getLogger("lightning.pytorch")
-    level = log.level
-    log.setLevel(logging.ERROR)  # this Trainer is a question, not a run: no banner
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            L.Trainer(accelerator=accelerator, num_nodes=num_nodes, strategy=strategy,
-                      devices=list(devices) if isinstance(devices, tuple) else devices,
-                      precision=precision, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    except Exception as err:  # Lightning raises ValueError, TypeError, MisconfigurationException
-        return str(err).splitlines()[0]
-    finally:
-        log.setLevel(level)
-    return None
+DATASETS = {"fashion_mnist": Dataset(1, 28, 10), "mnist": Dataset(1, 28, 10),
+            "cifar10": Dataset(3, 32, 10), "cifar100": Dataset(3, 32, 100)}
 
 
-TASKS = ("synthetic", "planted", "image_patches", "images")
+def image_dim(name: str, image_size: int | None = None) -> int:
+    """D = C * H * W of dataset ``name`` after downscaling to ``image_size``."""
+    side = image_size or DATASETS[name].side
+    return DATASETS[name].channels * side * side
 
 
-def _validate_images(cfg: DictConfig) -> None:
-    """The real-image tasks' settings (shapes come from ``adamgap.datasets.SHAPES``)."""
-    from adamgap.datasets import NUM_CLASSES, SHAPES, image_dim
+@dataclass(frozen=True)
+class Task:
+    """A value of ``data.task``: the ``data.*`` keys its datamodule takes (by name, exactly
+    these: ``adamgap.train.build_datamodule``) and its own validation."""
 
-    d = cfg.data
-    _check(d.dataset in SHAPES, "data.dataset", " | ".join(SHAPES), cfg)
-    C, side, _ = SHAPES[d.dataset]
-    total = NUM_CLASSES[d.dataset]
-    classes = list(range(total)) if d.classes is None else list(d.classes)
-    _check(len(set(classes)) == len(classes) >= 2 and all(0 <= c < total for c in classes),
-           "data.classes", f"null (all) or >= 2 distinct labels in 0..{total - 1}", cfg)
-    _check(d.image_size is None or 1 <= d.image_size <= side, "data.image_size",
-           f"null or 1..{side}", cfg)
-    _check(d.normalize in ("unit", "centered", "none"), "data.normalize",
-           "unit | centered | none", cfg)
-    _check(d.basis in ("pixel", "dct"), "data.basis", "pixel | dct", cfg)
-    _check(d.noise_coords in ("all", "outside"), "data.noise_coords", "all | outside", cfg)
-    _check(d.feature_noise in ("opposite", "same"), "data.feature_noise", "opposite | same", cfg)
-    _check(d.workers >= 0, "data.workers", "an integer >= 0", cfg)
-    D = image_dim(d.dataset, d.image_size)
-    align_ok = d.task == "planted" or (d.task == "image_patches" and len(classes) == 2)
-    _check(align_ok or not cfg.align.enabled, "align.enabled",
-           "false here: alignment needs two classes and patch inputs", cfg)
-    if d.task == "planted":
-        _check(len(classes) == 2, "data.classes", "two labels [y=+1, y=-1], e.g. [0, 1]", cfg)
-        _check(d.d >= D, "data.d", f">= the image dimension D={D} (it is embedded in R^d)", cfg)
-        free = d.d if d.noise_coords == "all" else d.d - D
-        _check(0 <= d.s <= free, "data.s", f"0..{free} (noise_coords={d.noise_coords})", cfg)
-        _check(d.feature_k is None or 1 <= d.feature_k <= D, "data.feature_k",
-               f"null or 1..{D}", cfg)
-    elif d.task == "image_patches":
-        size = d.image_size or side
-        _check(d.grid >= 1 and size % d.grid == 0, "data.grid",
-               f"a divisor of the image side {size}", cfg)
-        _check(d.d == C * (size // d.grid) ** 2, "data.d",
-               f"the patch dimension C*(side/grid)^2 = {C * (size // d.grid) ** 2}", cfg)
-        _check(d.patches == d.grid**2, "data.patches", f"grid^2 = {d.grid**2}", cfg)
-    else:
-        _check(cfg.run.replicas == 1, "run.replicas", "1 with data.task=images", cfg)
+    keys: tuple[str, ...]
+    check: Callable[[DictConfig], None]
 
 
-def _known_optimizer(name: str) -> bool:
-    from adamgap.optimizers import resolve_optimizer_class
-
-    try:
-        resolve_optimizer_class(name)
-    except ValueError:
-        return False
-    return True
+_SYNTHETIC_KEYS = ("d", "n", "n_test", "s", "sigma_p", "alpha", "labels", "feature_position",
+                   "patches", "batch_size", "sparse")
+_IMAGE_KEYS = ("dataset", "root", "download", "classes")
+TASKS = {
+    "synthetic": Task((*_SYNTHETIC_KEYS, "v"), _validate_synthetic),  # Definition 3.1
+    "planted": Task((*_IMAGE_KEYS, "image_size", "normalize", "basis", "feature_k",
+                     "noise_coords", "feature_noise", *_SYNTHETIC_KEYS), _validate_planted),
+    "image_patches": Task((*_IMAGE_KEYS, "image_size", "normalize", "grid", "d", "n", "n_test",
+                           "labels", "batch_size"), _validate_image_patches),
+    "images": Task((*_IMAGE_KEYS, "n", "n_test", "batch_size", "augment", "workers"),
+                   _validate_images),
+}
+_DATA_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(DataConfig))
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -160,18 +160,18 @@ class StepBatches(Dataset):
 
 
 class SyntheticDataModule(L.LightningDataModule):
-    """Definition 3.1 data for replicas ``seeds``; exposes what the alignment callback reads:
+    """Definition 3.1 data for replicas ``seeds`` (arguments: the ``data.*`` settings of
+    ``config.DataConfig``, null meaning what it says there); exposes what the alignment
+    callback reads:
     ``features`` (K, 2, d) rows ``j v`` for j = +1, -1, ``train_noise`` (K, n, P-1, d) the
     noise patches ``xi_i`` and ``y_train`` (K, n)."""
 
     shards_for_ddp = True  # each DDP rank takes its own block of examples (``_shard``)
 
-    def __init__(self, seeds: list[int], d: int = 1000, n: int = 200, n_test: int = 10_000,
-                 s: int = 100, sigma_p: float | None = None, alpha: float = 0.2,
-                 v: list[float] | None = None, labels: str = "balanced",
-                 feature_position: str = "random", patches: int = 2,
-                 batch_size: int | None = None, sparse: bool | None = None,
-                 max_steps: int = 10_000, steps_per_batch: int = 1) -> None:
+    def __init__(self, seeds: list[int], *, d: int, n: int, n_test: int, s: int,
+                 sigma_p: float | None, alpha: float, v: list[float] | None, labels: str,
+                 feature_position: str, patches: int, batch_size: int | None,
+                 sparse: bool | None, max_steps: int, steps_per_batch: int) -> None:
         super().__init__()
         self.seeds, self.d, self.n, self.n_test, self.s = list(seeds), d, n, n_test, s
         self.sigma_p = 1.0 / math.sqrt(s) if sigma_p is None else sigma_p

@@ -1,17 +1,10 @@
-"""The LightningModule: the paper's objective, its optimizers and its metrics.
-
-    L(W) = (1/n) sum_i log(1 + exp(-y_i f(W, x_i))) + (lam / 2) ||W||_F^2      (Section 4)
-
-The L2 term is inside the loss (and so inside Adam's gradient) for every optimizer except
-``adamw``, whose decay is decoupled. With K replicas the loss is the sum of the K replicas'
-objectives, so every replica receives exactly its own gradient and per-element optimizers
-treat the replicas as K separate runs.
+"""The LightningModule: the paper's objective (``adamgap.objective``) trained by an optimizer,
+with its metrics and logs, K replicas at once.
 
 One Lightning training step runs k optimizer steps (``trainer.steps_per_batch``): at the
 paper's sizes a step's arithmetic is a fraction of a millisecond and Lightning's per-step
 machinery costs about as much again, so it is paid once per k steps. The binary patch CNN on
-sparse patches takes its gradient in closed form (``logistic_l2_grad`` and
-``network.sparse_patch_sums_grad``, the very formulas of its autograd nodes);
+sparse patches takes its gradient in closed form there (``objective.objective_and_gradient``);
 ``tests/test_chunks.py`` shows such a run equals the run with one step per training step.
 """
 
@@ -19,83 +12,23 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.wrappers import MultioutputWrapper
 
+from adamgap import objective
 from adamgap.data import StepChunk
-from adamgap.divergence import replica_sums
+from adamgap.lightning_internals import counted_step
 from adamgap.network import PatchCNN
 from adamgap.optimizers import build_optimizer
-from adamgap.patches import SparsePatches
 
 SPLITS = ("train", "test")  # validation dataloader 0 is the full training set, 1 the test set
-
-
-class _SquaredNorm(torch.autograd.Function):
-    """``||w_k||^2`` per row k of a (K, N) tensor, and its gradient ``2 w_k``, in one pass each
-    way: autograd's ``square().sum()`` makes four passes over W, a large share of a CPU step."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        return torch.linalg.vecdot(w, w)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (w,) = ctx.saved_tensors
-        return w * (2 * grad)[:, None]
-
-
-def logistic_l2(f: Tensor, y: Tensor, lam: float, params: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Section 4's objective per replica k, ``(1/B) sum_i log(1 + exp(-y_i f_i)) + (lam/2)
-    ||W||_F^2`` (K,), and the margins ``y f`` that :func:`logistic_l2_grad` needs."""
-    K = f.shape[0]
-    margin = y * f
-    objective = F.softplus(-margin).mean(dim=1)
-    if lam:
-        objective += (0.5 * lam) * sum(torch.linalg.vecdot(w, w)
-                                       for w in (p.reshape(K, -1) for p in params))
-    return objective, margin
-
-
-def logistic_l2_grad(margin: Tensor, y: Tensor, lam: float, params: list[Tensor],
-                     grad: Tensor | None = None) -> tuple[Tensor, list[Tensor | None]]:
-    """The gradient of ``<grad, logistic_l2(f, y, lam, params)>`` (``grad`` None: ones) in f,
-    ``-grad_k y_i sigmoid(-y_i f_i) / B``, and in each parameter, ``lam grad_k W`` (None when
-    lam = 0)."""
-    scale = -1.0 / margin.shape[1]
-    df = torch.sigmoid(-margin).mul_(y).mul_(scale if grad is None else grad[:, None] * scale)
-    if not lam:
-        return df, [None] * len(params)
-    if grad is None:
-        return df, [lam * p for p in params]
-    return df, [p * (lam * grad).view(-1, *[1] * (p.dim() - 1)) for p in params]
-
-
-class _LogisticL2(torch.autograd.Function):
-    """:func:`logistic_l2` with :func:`logistic_l2_grad` as its backward: one autograd node
-    instead of a dozen whose bookkeeping costs more than their arithmetic at these sizes."""
-
-    @staticmethod
-    def forward(ctx, f: Tensor, y: Tensor, lam: float, *params: Tensor) -> Tensor:
-        objective, margin = logistic_l2(f, y, lam, list(params))
-        ctx.save_for_backward(margin, y, *params)
-        ctx.lam = lam
-        return objective
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        margin, y, *params = ctx.saved_tensors
-        df, dparams = logistic_l2_grad(margin, y, ctx.lam, params, grad)
-        return df, None, None, *dparams
 
 
 class GapModule(L.LightningModule):
     """Binary patch classification with logistic loss and L2 weight decay, K replicas at once."""
 
-    def __init__(self, net: PatchCNN, optim: dict, max_steps: int, log_every: int = 100) -> None:
+    def __init__(self, net: PatchCNN, optim: dict, max_steps: int, log_every: int) -> None:
         super().__init__()
         self.automatic_optimization = False  # several optimizer steps per training step
         self.net = net
@@ -113,45 +46,9 @@ class GapModule(L.LightningModule):
         self.params = list(net.parameters())  # W; listing them anew each step costs time
 
     # -- objective ----------------------------------------------------------------------------
-    def data_loss(self, f: Tensor, y: Tensor) -> Tensor:
-        """Logistic loss log(1 + exp(-y f)) per example, (K, B); with C > 2 classes (logits f
-        (K, B, C), labels y in 0..C-1) its multi-class form, the cross-entropy."""
-        if self.classes == 2:
-            return F.softplus(-y * f)
-        return F.cross_entropy(f.transpose(1, 2), y.long(), reduction="none")
-
-    def errors(self, f: Tensor, y: Tensor) -> Tensor:
-        """Misclassified examples (K, B): sign(f) != y, or argmax_j F_j != y with C > 2."""
-        if self.classes == 2:
-            return (f > 0) != (y > 0)
-        return f.argmax(-1) != y.long()
-
-    def penalty(self) -> Tensor:
-        """(lam / 2) ||W||_F^2 per replica, (K,) (W: all of the network's parameters)."""
-        K = self.net.replicas
-        return 0.5 * self.lam * sum(_SquaredNorm.apply(p.reshape(K, -1)) for p in self.params)
-
     def objective(self, x, y: Tensor) -> tuple[Tensor, Tensor]:
         """The per-replica objective L_k(W) (K,) on a batch, and the network output f."""
-        f = self.net(x)
-        if self.classes == 2:
-            return _LogisticL2.apply(f, y, self.lam, *self.params), f
-        return self.data_loss(f, y).mean(dim=1) + self.penalty(), f
-
-    @torch.no_grad()
-    def objective_and_gradient(self, x, y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]] | None:
-        """L_k(W) (K,), f and the gradient of sum_k L_k in each parameter, in closed form:
-        the forward pass and the same backward formulas as the autograd nodes above, without
-        autograd, whose bookkeeping would cost more than the arithmetic. For the binary patch
-        CNN on sparse patches (Definition 3.1); None otherwise (then autograd it is)."""
-        if self.classes != 2 or not isinstance(x, SparsePatches) or \
-                not isinstance(self.net, PatchCNN):
-            return None
-        f, vjp = self.net.forward_with_vjp(x)
-        objective, margin = logistic_l2(f, y, self.lam, self.params)
-        df, (dw,) = logistic_l2_grad(margin, y, self.lam, self.params)
-        grad = vjp(df)
-        return objective, f, [grad if dw is None else grad.add_(dw)]
+        return objective.objective(self.net, x, y, self.lam, self.params)
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """The optimizer steps of one Lightning training step: those of a ``data.StepChunk``
@@ -171,7 +68,7 @@ class GapModule(L.LightningModule):
         Alone (k = 1) it goes through Lightning's ``manual_backward`` and ``LightningOptimizer
         .step``: precision, DDP and every per-step hook. Inside a chunk (k > 1: one process,
         no loss scaling, see ``config.steps_per_batch``) the gradient is the closed form of
-        :meth:`objective_and_gradient` where there is one (else plain autograd) and the step
+        ``objective.objective_and_gradient`` where there is one (else plain autograd) and the step
         the torch optimizer's own: at the paper's sizes Lightning's per-step hooks and
         autograd's bookkeeping each cost about as much as the arithmetic. Lightning still
         counts the step (``trainer.global_step``, checkpoints, ``max_steps``) through the
@@ -179,17 +76,18 @@ class GapModule(L.LightningModule):
         per-step hooks (``on_before_backward``, ``on_after_backward``,
         ``on_before_optimizer_step``) are not called inside a chunk."""
         K = self.net.replicas
-        closed = self.objective_and_gradient(x, y) if inside else None
-        objective, f = closed[:2] if closed else self.objective(x, y)
+        closed = objective.objective_and_gradient(self.net, x, y, self.lam, self.params) \
+            if inside else None
+        value, f = closed[:2] if closed else self.objective(x, y)
         log = self._logs_at(t)
         if log:
             # Lightning hands these to the loggers at the end of the training step (k divides
             # log_every), labelled with ``step`` t rather than its count of training steps
             with torch.no_grad():
-                error = self.errors(f, y).float().mean(dim=1)
-            self.last.update(step_objective=objective.detach(), step_error=error)
+                error = objective.errors(f, y, self.classes).float().mean(dim=1)
+            self.last.update(step_objective=value.detach(), step_error=error)
             # under DDP each rank sees its shard: average them (equal shards: the full batch)
-            self.log_dict({"train/objective": objective.mean(), "train/batch_error": error.mean()},
+            self.log_dict({"train/objective": value.mean(), "train/batch_error": error.mean()},
                           prog_bar=True, sync_dist=True)
             self.log("step", float(t))  # the x-axis of this training step's logs
         if inside:
@@ -198,20 +96,18 @@ class GapModule(L.LightningModule):
                     p.grad = grad
             else:
                 opt.optimizer.zero_grad()
-                objective.sum().backward()
+                value.sum().backward()
             if log:
                 self._log_gradient()
-            opt._on_before_step()
-            opt.optimizer.step()
-            opt._on_after_step()
+            counted_step(opt, opt.optimizer.step)
         else:
             opt.zero_grad()
-            self.manual_backward(objective.sum())
+            self.manual_backward(value.sum())
             opt.step()  # its on_before_optimizer_step hook logs the gradient
         if schedule is not None:
             schedule.step()
-        grad = replica_sums([p.grad for p in self.params if p.grad is not None], K)
-        return torch.stack([objective.detach(), grad, replica_sums(self.params, K)])
+        grad = objective.replica_sums([p.grad for p in self.params if p.grad is not None], K)
+        return torch.stack([value.detach(), grad, objective.replica_sums(self.params, K)])
 
     def _logs_at(self, t: int) -> bool:
         """Whether iteration t logs its train metrics: every ``log_every`` steps and the last."""
@@ -233,8 +129,8 @@ class GapModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         f = self.net(x)
-        self.mean_error[dataloader_idx].update(self.errors(f, y).float().T)  # (B, K)
-        self.mean_loss[dataloader_idx].update(self.data_loss(f, y).T)  # (B, K): one per replica
+        self.mean_error[dataloader_idx].update(objective.errors(f, y, self.classes).float().T)
+        self.mean_loss[dataloader_idx].update(objective.data_loss(f, y, self.classes).T)  # (B, K)
 
     def on_validation_epoch_end(self) -> None:
         for i, split in enumerate(SPLITS):

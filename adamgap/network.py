@@ -69,8 +69,8 @@ class PatchCNN(nn.Module):
     """K replicas of the patch CNN; ``forward`` returns f (K, B). With ``classes`` C > 2 (one
     filter group per class, for multi-class image patches) it returns the logits F_j (K, B, C)."""
 
-    def __init__(self, d: int, m: int = 20, q: float = 3.0, sigma_0: float = 0.01,
-                 seeds: list[int] | tuple[int, ...] = (0,), linear: bool = False,
+    def __init__(self, d: int, m: int, q: float, sigma_0: float,
+                 seeds: list[int] | tuple[int, ...] | range, linear: bool = False,
                  classes: int = 2) -> None:
         super().__init__()
         self.d, self.m, self.q, self.linear = d, m, q, linear

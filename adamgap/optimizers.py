@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,12 +43,28 @@ class SignGD(torch.optim.Optimizer):
         return loss
 
 
+@dataclass(frozen=True)
+class Named:
+    """An optimizer with a short name: its class, and how tables and figures call it."""
+
+    cls: type[torch.optim.Optimizer]
+    label: str
+
+
+# The short names, the one table of them (configs, validation, reports).
+OPTIMIZERS = {
+    "gd": Named(torch.optim.SGD, "GD"),  # built with momentum 0, full batch only
+    "sgd": Named(torch.optim.SGD, "SGD"),
+    "adam": Named(torch.optim.Adam, "Adam"),
+    "adamw": Named(torch.optim.AdamW, "AdamW"),
+    "signgd": Named(SignGD, "signGD"),
+}
+
+
 def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The optimizer class for a name (see module docstring); ValueError if there is none."""
-    builtin = {"gd": torch.optim.SGD, "sgd": torch.optim.SGD, "adam": torch.optim.Adam,
-               "adamw": torch.optim.AdamW, "signgd": SignGD}
-    if name in builtin:
-        return builtin[name]
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name].cls
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -59,6 +76,11 @@ def resolve_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f"{name} is not a torch.optim.Optimizer")
     return cls
+
+
+def label(name: str) -> str:
+    """How a report names optimizer ``name`` (a class name for ``module:Class``)."""
+    return OPTIMIZERS[name].label if name in OPTIMIZERS else name.rpartition(":")[2]
 
 
 def build_optimizer(params: Iterable[Tensor], name: str, lr: float, *, betas=(0.9, 0.999),

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from contextlib import contextmanager
@@ -23,28 +22,24 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from adamgap import requeue, rundir
+from adamgap import preflight, provenance, summary
 from adamgap.alignment import AlignmentCallback
-from adamgap.checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_from
-from adamgap.config import steps_per_batch, to_yaml
+from adamgap.config import TASKS, seeds_of, steps_per_batch, to_yaml
 from adamgap.data import SyntheticDataModule
-from adamgap.divergence import Diverged, DivergenceCallback
-from adamgap.image_patches import ImagePatchDataModule
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
 from adamgap.outputs import atomic_write, write_json, write_text
-from adamgap.planted import PlantedDataModule
-from adamgap.resnet import ImageDataModule, ResNetClassifier
+from adamgap.runtime import requeue, rundir, wandb_run
+from adamgap.runtime.checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_from
+from adamgap.runtime.divergence import Diverged, DivergenceCallback
+from adamgap.tasks.image_patches import ImagePatchDataModule
+from adamgap.tasks.planted import PlantedDataModule
+from adamgap.tasks.resnet import ImageDataModule, ResNetClassifier
 
 # Names the default run directory. Every DDP rank and every restart of a requeued Slurm job must
 # agree on it: slurm/*.sbatch set it from the job id, and run() hands its own to the processes
 # Lightning's DDP launcher starts (they re-execute the script with the same arguments).
 RUN_STAMP_ENV = "ADAMGAP_RUN_STAMP"
-
-
-def seeds_of(cfg: DictConfig) -> list[int]:
-    """The replicas' seeds: seed, seed + 1, ..., seed + K - 1."""
-    return [cfg.seed + k for k in range(cfg.run.replicas)]
 
 
 def run_stamp() -> str:
@@ -80,15 +75,20 @@ def exported(name: str, value: str):
             os.environ[name] = old
 
 
+# data.task -> its datamodule, built with exactly the data.* keys config.TASKS lists for it
+DATAMODULES: dict[str, type[L.LightningDataModule]] = {
+    "synthetic": SyntheticDataModule, "planted": PlantedDataModule,
+    "image_patches": ImagePatchDataModule, "images": ImageDataModule}
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The task's datamodule, given the ``data`` settings its constructor names."""
-    cls = {"synthetic": SyntheticDataModule, "planted": PlantedDataModule,
-           "image_patches": ImagePatchDataModule, "images": ImageDataModule}[cfg.data.task]
-    params = inspect.signature(cls).parameters
-    d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k in params}
-    if "steps_per_batch" in params:
-        d["steps_per_batch"] = steps_per_batch(cfg)
-    return cls(seeds_of(cfg), max_steps=cfg.trainer.max_steps, **d)
+    """The task's datamodule, given by name every ``data`` setting it takes (``config.TASKS``)."""
+    task = cfg.data.task
+    data = OmegaConf.to_container(cfg.data)
+    kwargs = {key: data[key] for key in TASKS[task].keys}
+    if task != "images":  # its DataLoader yields one mini-batch per item
+        kwargs["steps_per_batch"] = steps_per_batch(cfg)
+    return DATAMODULES[task](seeds_of(cfg), max_steps=cfg.trainer.max_steps, **kwargs)
 
 
 def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
@@ -104,9 +104,7 @@ def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers = [CSVLogger(run_dir, name="", version="")]
-    if cfg.logger.wandb.enabled:  # wandb is imported only when switched on
-        from adamgap import wandb_run
-
+    if cfg.logger.wandb.enabled:
         loggers.append(wandb_run.build_logger(cfg, run_dir))
     return loggers
 
@@ -119,12 +117,14 @@ def prepare_run_dir(cfg: DictConfig, stamp: str | None = None) -> Path:
     if not is_launch_rank_zero():
         return run_dir
     if rundir.claim(cfg, run_dir) is None and not (run_dir / "config.yaml").is_file():
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+        write_text(run_dir / "config.yaml", provenance.yaml_header(provenance.collect())
+                   + to_yaml(cfg))
     return run_dir
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train as configured; write the run directory; return the summary (see ``summarize``)."""
+    """Train as configured; write the run directory; return the summary (``adamgap.summary``)."""
+    preflight.check(cfg)  # what the schema cannot know (entry points ran it already: cached)
     # Adam's second-moment state and the tiny early gradients become denormal floats, which
     # slow x86 CPUs by an order of magnitude; flushing them to zero changes nothing visible.
     torch.set_flush_denormal(True)
@@ -136,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg)  # first: a missing dataset fails before anything is written
     run_dir = prepare_run_dir(cfg, stamp)
     if cfg.run.resume and rundir.inspect(run_dir) in rundir.FINISHED:
-        return rundir.summary_of(run_dir)  # nothing left to do (e.g. a requeued, finished job)
+        return summary.read(run_dir)  # nothing left to do (e.g. a requeued, finished job)
     module = build_module(cfg, dm)
     t = cfg.trainer
     diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, cfg.optim.lr, t.log_every)
@@ -172,31 +172,30 @@ def run(cfg: DictConfig) -> dict:
             stop = err
     wall = time.perf_counter() - start
     extras = dm.summary_extras() if hasattr(dm, "summary_extras") else {}
-    summary = diverge.mark(summarize(cfg, module, align, trainer.global_step, wall, extras))
+    rows = diverge.mark(replica_rows(cfg, module, align, trainer.global_step, wall, extras))
     if isinstance(stop, SIGTERMException):
-        summary = checkpoint.mark_interrupted(summary, trainer.global_step)
+        rows = checkpoint.mark_interrupted(rows, trainer.global_step)
+    result = summary.assemble(cfg.conf, rows, provenance.collect())
     if trainer.is_global_zero:
         if isinstance(stop, Diverged) and align is not None:
             align.write()  # the trajectory up to the divergence, for the post-mortem
         atomic_write(run_dir / "weights.pt",
                      lambda f: torch.save(module.net.state_dict(), f), binary=True)
-        write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / "summary.json", result)
         if cfg.logger.wandb.enabled:
-            from adamgap import wandb_run
-
-            wandb_run.finish(trainer.loggers, summary, run_dir)
+            wandb_run.finish(trainer.loggers, result, run_dir)
     rundir.release(run_dir)
-    return summary
+    return result
 
 
-def summarize(cfg: DictConfig, module: GapModule, align: AlignmentCallback | None, steps: int,
-              wall: float, extras: dict[str, list[float]] | None = None) -> dict:
-    """Per-replica results; a single run's summary is flat, an ensemble's lists its replicas.
-    ``extras``: per-replica values the datamodule reports (e.g. the planted task's l1/l2)."""
-    seeds = seeds_of(cfg)
+def replica_rows(cfg: DictConfig, module: GapModule, align: AlignmentCallback | None,
+                 steps: int, wall: float, extras: dict[str, list[float]] | None = None
+                 ) -> list[dict]:
+    """Each replica's results, one row per seed (``adamgap.summary``). ``extras``: per-replica
+    values the datamodule reports (e.g. the planted task's l1/l2 ratios)."""
     history = align.history() if align is not None else {}
-    replicas = []
-    for k, seed in enumerate(seeds):
+    rows = []
+    for k, seed in enumerate(seeds_of(cfg)):
         r = {"seed": seed, "status": "completed", "steps": steps, "wall_seconds": wall}
         for key in ("train_error", "test_error", "train_loss", "test_loss", "grad_l2", "grad_l1"):
             if key in module.last:  # a run stopped early may not have evaluated yet
@@ -206,8 +205,5 @@ def summarize(cfg: DictConfig, module: GapModule, align: AlignmentCallback | Non
                 r[key] = float(values[-1, k])
                 r[f"{key}_init"] = float(values[0, k])
         r.update({key: values[k] for key, values in (extras or {}).items()})
-        replicas.append(r)
-    if len(replicas) == 1:
-        return {"conf": cfg.conf, **replicas[0]}
-    return {"conf": cfg.conf, "status": "completed", "seeds": seeds, "steps": steps,
-            "wall_seconds": wall, "replicas": replicas}
+        rows.append(r)
+    return rows

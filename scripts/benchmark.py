@@ -1,5 +1,5 @@
 """Speed: train.py against a plain PyTorch loop, the Table 1 sweep, cost scaling
-(adamgap/benchmark.py).
+(adamgap/analysis/benchmark.py).
 
     python scripts/benchmark.py                  # prints the table, writes docs/benchmark.md
     python scripts/benchmark.py --repeats 5 --no-scaling
@@ -7,7 +7,7 @@
 
 import sys
 
-from adamgap.benchmark import main
+from adamgap.analysis.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""Build the real-data report section (adamgap/realdata.py) from finished runs and a sweep.
+"""Build the real-data report section (adamgap/analysis/realdata_report.py) from finished runs
+and a sweep.
 
     python scripts/realdata_report.py
     python scripts/realdata_report.py --adam runs/realdata/fmnist_patch_adam_5seeds \
@@ -10,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from adamgap.analysis.realdata_report import section
 from adamgap.outputs import write_text
-from adamgap.realdata import section
 
 # the images-as-patches sweeps of docs/realdata.md (title -> sweep directories)
 PATCH_SWEEPS = {

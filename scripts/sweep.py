@@ -1,4 +1,4 @@
-"""Run a sweep: a grid of experiments, each cell one seed ensemble (adamgap/sweep.py).
+"""Run a sweep: a grid of experiments, each cell one seed ensemble (adamgap/experiments/).
 
     python scripts/sweep.py conf=synthetic_adam sweep.seeds=10 sweep.grid.data.alpha=[0.05,0.1,0.2]
     python scripts/sweep.py sweep.grid.conf=[synthetic_adam,synthetic_gd] sweep.seeds=10 \
@@ -15,7 +15,10 @@ key=value is a base override for all cells. Exit status: 0 all cells finished, 1
 
 import sys
 
-from adamgap.sweep import main
+from adamgap.startup import collector_paused, exit_status
+
+with collector_paused():  # torch and Lightning load faster without the garbage collector
+    from adamgap.experiments.sweep import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(exit_status(main(sys.argv[1:])))

@@ -7,9 +7,10 @@ Examples:
 
 import sys
 
-from adamgap.cli import collector_paused, exit_status, main
+from adamgap.startup import collector_paused, exit_status
 
 with collector_paused():  # torch and Lightning load faster without the garbage collector
+    from adamgap.cli import main
     from adamgap.train import run
 
 if __name__ == "__main__":

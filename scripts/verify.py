@@ -1,4 +1,4 @@
-"""Theory vs experiment: every claim of the paper as a pass/fail check (adamgap.theory).
+"""Theory vs experiment: every claim of the paper as a pass/fail check (adamgap/theory/).
 
     python scripts/verify.py                       # paper settings, seeds 0-2 (minutes)
     python scripts/verify.py --quick               # reduced setting (well under a minute)
@@ -12,7 +12,7 @@ Prints the verdict table; exits 0 only when every claim holds.
 
 import sys
 
-from adamgap.verify import main
+from adamgap.theory.verify import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

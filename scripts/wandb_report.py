@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from adamgap.config import ConfigError
-from adamgap.wandb_report import build_report, outline
+from adamgap.analysis.wandb_report import build_report, outline
+from adamgap.errors import ConfigError
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

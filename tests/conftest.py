@@ -1,27 +1,9 @@
-"""Shared fixtures: one tiny CPU configuration (seconds to train), outputs under tmp_path."""
+"""Shared fixtures (the tiny configuration itself is in ``helpers.py``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import DictConfig
-
-from adamgap.config import load_config
-
-# A small instance of Definition 3.1: the paper's d, s, sigma_p, alpha, sigma_0, lam, m and q,
-# but n = 40 examples, 400 test examples and T = 500 steps (the paper: 200, 10 000, 10 000).
-# With learning rates scaled to the short horizon (tests/test_train.py: Adam 3e-4, GD 1.0) the
-# paper's gap appears in every one of seeds 0-95 we tried; a run takes a few seconds on a CPU.
-TINY = [
-    "data.n=40", "data.n_test=400", "trainer.max_steps=500", "trainer.eval_every=250",
-    "trainer.log_every=50", "trainer.progress_bar=false", "align.every=50",
-]
-
-
-def tiny_config(name: str = "synthetic_adam", *overrides: str, tmp_path=None) -> DictConfig:
-    """The tiny config for experiment ``name``, with ``overrides`` applied last."""
-    extra = [f"run.dir={tmp_path / 'run'}"] if tmp_path is not None else []
-    return load_config(name, [*TINY, *extra, *overrides])
 
 
 @pytest.fixture(autouse=True, scope="session")

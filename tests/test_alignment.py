@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from adamgap.alignment import SUMMARY_KEYS
 from adamgap.patches import SparsePatches

@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_run_dir import hold_lock
+from helpers import ROOT, hold_lock
 
-from adamgap import config, datasets, sweep, train
+from adamgap import config, train
 from adamgap.cli import main as train_main
+from adamgap.experiments.sweep import main as sweep_main
+from adamgap.tasks import datasets
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "bad_input.md"
 BROKEN_CONFS = {  # conf/NAME.yaml -> content, the broken experiment files the document uses
     "broken_base": "base: no_such_conf\n",
@@ -127,7 +128,7 @@ def test_rejected(script, arg, expected, places, request, capsys):
             argv.append("sweep.dir=RUN_DIR")
         argv = [re.sub("|".join(places), lambda m: places[m.group(0)], a) for a in argv]
         before = {k: snapshot(Path(v)) for k, v in places.items() if k != "TMP"}
-        code = train_main(train.run, argv) if script == "train" else sweep.main(argv)
+        code = train_main(train.run, argv) if script == "train" else sweep_main(argv)
         captured = capsys.readouterr()
         assert code == 2
         assert "Traceback" not in captured.err

@@ -9,9 +9,10 @@ import csv
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
-from adamgap.config import ConfigError, load_config, steps_per_batch
+from adamgap.config import load_config, steps_per_batch
+from adamgap.errors import ConfigError
 from adamgap.train import build_datamodule, build_module, run
 
 
@@ -104,7 +105,7 @@ def test_default_steps_per_batch(overrides, k):
      "under DDP"),
 ])
 def test_bad_steps_per_batch_is_one_line_naming_the_key(overrides, message):
-    from conftest import TINY
+    from helpers import TINY
 
     with pytest.raises(ConfigError) as err:
         load_config("synthetic_adam", [*TINY, *overrides])

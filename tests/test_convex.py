@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import synthetic_datamodule
 
-from adamgap import convex
-from adamgap.config import ConfigError, load_config, to_yaml
+from adamgap.config import load_config, to_yaml
 from adamgap.data import SyntheticDataModule
+from adamgap.errors import ConfigError
 from adamgap.network import PatchCNN
 from adamgap.outputs import write_text
+from adamgap.theory import convex
 
 LAM = 0.01
 
 
 @pytest.fixture(scope="module")
 def data() -> SyntheticDataModule:
-    dm = SyntheticDataModule(seeds=[0, 1], d=60, n=20, n_test=200, s=6)
-    dm.setup()
-    return dm
+    return synthetic_datamodule([0, 1], d=60, n=20, n_test=200, s=6)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def w_star(data: SyntheticDataModule) -> torch.Tensor:
 
 
 def test_scores_are_the_linear_patch_network(data):
-    net = PatchCNN(data.d, m=3, sigma_0=0.1, seeds=[0, 1], linear=True)
+    net = PatchCNN(data.d, m=3, q=1.0, sigma_0=0.1, seeds=[0, 1], linear=True)
     with torch.no_grad():
         expected = net(data.x_train)  # the training code's forward (sparse path)
     got = convex.linear_scores(data.train, net.weight.detach())

@@ -8,16 +8,15 @@ import math
 
 import pytest
 import torch
+from helpers import synthetic_datamodule
 
 from adamgap.data import SyntheticDataModule
 from adamgap.patches import SparsePatches, to_dense_patches
 
 
 def datamodule(seeds=(0,), **kwargs) -> SyntheticDataModule:
-    settings = {"d": 60, "n": 12, "n_test": 9, "s": 7, "alpha": 0.3, **kwargs}
-    dm = SyntheticDataModule(list(seeds), **settings)
-    dm.setup("fit")
-    return dm
+    return synthetic_datamodule(seeds, **{"d": 60, "n": 12, "n_test": 9, "s": 7, "alpha": 0.3,
+                                         **kwargs})
 
 
 def dense(x) -> torch.Tensor:

@@ -8,9 +8,10 @@ import pickle
 import pytest
 import torch
 
-from adamgap import datasets
+from adamgap import config
 from adamgap.cli import main
-from adamgap.config import ConfigError
+from adamgap.errors import ConfigError
+from adamgap.tasks import datasets
 from adamgap.train import run
 
 
@@ -84,4 +85,4 @@ def test_downscaling_averages_blocks_and_unit_normalization():
     x = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
     centered = datasets.normalize(x, "centered", x.mean(0))
     assert torch.allclose(centered, torch.tensor([[1.0, 1.0], [-1.0, -1.0]]) / 2**0.5)
-    assert datasets.image_dim("cifar10", 16) == 3 * 16 * 16
+    assert config.image_dim("cifar10", 16) == 3 * 16 * 16

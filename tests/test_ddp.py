@@ -14,13 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, tiny_config
+from helpers import ROOT, TINY, tiny_config
 from lightning.pytorch.utilities import rank_zero_only
 
-from adamgap.config import ConfigError
+from adamgap.errors import ConfigError
 from adamgap.train import RUN_STAMP_ENV, build_datamodule, build_module, prepare_run_dir, run
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def rank_datamodule(cfg, rank: int, world: int):

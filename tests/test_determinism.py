@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from test_resume import computed_summary
+from helpers import computed_summary, tiny_config
 
 from adamgap import train
 

@@ -1,5 +1,5 @@
 """Divergence: a non-finite loss, gradient or weight stops the run at that step with one line,
-``status: "diverged"`` in summary.json and a non-zero exit (adamgap/divergence.py)."""
+``status: "diverged"`` in summary.json and a non-zero exit (adamgap/runtime/divergence.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, tiny_config
+from helpers import TINY, tiny_config
 
 from adamgap import train
 from adamgap.cli import main
-from adamgap.divergence import Diverged, DivergenceCallback
+from adamgap.runtime.divergence import Diverged, DivergenceCallback
+from adamgap.summary import assemble
 
 SHORT = ["trainer.max_steps=40", "trainer.eval_every=20", "trainer.log_every=10"]
 EVERY_STEP = [*SHORT, "trainer.steps_per_batch=1"]  # the Poison callback acts between any steps
@@ -82,13 +83,15 @@ def test_a_diverged_replica_is_marked_and_the_others_finish():
     div, trainer = fit(cfg, Poison("loss", step=5, k=1))
     assert trainer.global_step == 40
     assert div.first.tolist() == [-1, 5, -1]
-    summary = div.mark({"status": "completed", "replicas": [
-        {"seed": s, "status": "completed", "test_error": float("nan")} for s in (0, 1, 2)]})
-    assert summary["status"] == "diverged"
-    assert [r["status"] for r in summary["replicas"]] == ["completed", "diverged", "completed"]
-    assert summary["replicas"][1]["diverged_step"] == 5
-    assert summary["replicas"][1]["test_error"] is None  # NaN is not JSON: null
-    assert summary["replicas"][1]["error"].startswith("diverged at step 5 (seed 1): the loss")
+    rows = div.mark([{"seed": s, "status": "completed", "steps": 40, "wall_seconds": 1.0,
+                      "test_error": float("nan") if s == 1 else 0.5} for s in (0, 1, 2)])
+    assert [r["status"] for r in rows] == ["completed", "diverged", "completed"]
+    assert rows[1]["diverged_step"] == 5
+    assert rows[1]["test_error"] is None  # NaN is not JSON: null
+    assert rows[1]["error"].startswith("diverged at step 5 (seed 1): the loss")
+    summary = assemble("synthetic_adam", rows)
+    assert summary["status"] == "diverged" and summary["error"] == rows[1]["error"]
+    assert summary["test_error"] == 0.5  # the mean over the replicas that have one
 
 
 def test_inside_a_chunk_the_step_and_quantity_are_exact_and_the_run_stops_at_its_end():

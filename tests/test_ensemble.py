@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from torch.testing import assert_close
 
 from adamgap.train import build_datamodule, build_module, run

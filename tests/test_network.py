@@ -1,5 +1,5 @@
 """The two-layer patch CNN of Section 3 (``adamgap/network.py``, ``adamgap/patches.py``) and the
-objective of Section 4 (``GapModule``: mean logistic loss + (lam/2)||W||_F^2)."""
+objective of Section 4 (``adamgap/objective.py``: mean logistic loss + (lam/2)||W||_F^2)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from torch.func import functional_call
 
+from adamgap import objective
 from adamgap.network import PatchCNN
 from adamgap.patches import SparsePatches, to_dense_patches
 from adamgap.train import build_datamodule, build_module
@@ -123,18 +124,18 @@ def test_forward_with_vjp_is_forward_and_its_autograd_gradient(q, linear, classe
 
 def test_init_std_is_sigma_0_and_is_fixed_by_the_seed():
     sigma_0, d, m = 0.05, 1000, 20
-    w = PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight.detach().double()
+    w = PatchCNN(d, m, 3.0, sigma_0, seeds=[0]).weight.detach().double()
     N = w.numel()
     assert N == 2 * m * d
     assert abs(w.mean()) < 5 * sigma_0 / math.sqrt(N)
     assert abs(w.std() - sigma_0) < 5 * sigma_0 / math.sqrt(2 * N)
-    ensemble = PatchCNN(d, m, sigma_0=sigma_0, seeds=[3, 0, 7]).weight
-    assert torch.equal(ensemble[1], PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight[0])
-    assert torch.equal(ensemble[2], PatchCNN(d, m, sigma_0=sigma_0, seeds=[7]).weight[0])
+    ensemble = PatchCNN(d, m, 3.0, sigma_0, seeds=[3, 0, 7]).weight
+    assert torch.equal(ensemble[1], PatchCNN(d, m, 3.0, sigma_0, seeds=[0]).weight[0])
+    assert torch.equal(ensemble[2], PatchCNN(d, m, 3.0, sigma_0, seeds=[7]).weight[0])
     assert not torch.equal(ensemble[0], ensemble[1])
     # the init stream is not the data stream: W(0) does not depend on q or the activation
-    assert torch.equal(PatchCNN(d, m, q=2.0, sigma_0=sigma_0, seeds=[0], linear=True).weight,
-                       PatchCNN(d, m, sigma_0=sigma_0, seeds=[0]).weight)
+    assert torch.equal(PatchCNN(d, m, 2.0, sigma_0, seeds=[0], linear=True).weight,
+                       PatchCNN(d, m, 3.0, sigma_0, seeds=[0]).weight)
 
 
 # -- the objective (Section 4) -----------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_l2_term_is_half_lambda_frobenius_norm_squared():
     expected = torch.tensor([0.5 * 0.3 * sum(float(W[k, j, r].dot(W[k, j, r]))
                                              for j in range(2) for r in range(W.shape[2]))
                              for k in range(2)])
-    torch.testing.assert_close(module.penalty(), expected)
+    torch.testing.assert_close(objective.l2_penalty(module.params, module.lam, 2), expected)
 
 
 @pytest.mark.parametrize("name, has_l2", [("synthetic_adam", True), ("synthetic_gd", True),
@@ -164,24 +165,24 @@ def test_training_objective_is_mean_logistic_plus_l2_except_adamw(name, has_l2):
         logistic = torch.log1p(torch.exp(-y * f.double())).mean(1)
         norm2 = module.net.weight.double().square().flatten(1).sum(1)
         expected = logistic + (0.5 * 0.3 * norm2 if has_l2 else 0.0)  # per replica
-        objective, _ = module.objective(x, y)  # what every optimizer step minimizes
-    torch.testing.assert_close(objective.double(), expected, rtol=1e-6, atol=0)
+        value, _ = module.objective(x, y)  # what every optimizer step minimizes
+    torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", ["synthetic_adam", "synthetic_adamw"])
 def test_closed_form_objective_and_gradient_equal_autograd(name):
-    """``GapModule.objective_and_gradient`` (the inner loop's path) against autograd through
+    """``objective.objective_and_gradient`` (the inner loop's path) against autograd through
     ``objective`` (the path Lightning drives), on two replicas, with L2 (adam) and without
     (adamw, whose decay is the optimizer's): same objective, same gradient, same f."""
     module, (x, y) = module_and_batch(name)
     module.double()
     x, y = SparsePatches(x.matrix.double(), None, x.shape), y.double()
-    objective, f = module.objective(x, y)
-    objective.sum().backward()
-    closed = module.objective_and_gradient(x, y)
+    value, f = module.objective(x, y)
+    value.sum().backward()
+    closed = objective.objective_and_gradient(module.net, x, y, module.lam, module.params)
     assert closed is not None
-    value, f_closed, (grad,) = closed
-    torch.testing.assert_close(value, objective.detach(), rtol=1e-12, atol=0)
+    closed_value, f_closed, (grad,) = closed
+    torch.testing.assert_close(closed_value, value.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(f_closed, f.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(grad, module.net.weight.grad, rtol=1e-10, atol=1e-16)
     assert grad.abs().sum() > 0
@@ -190,4 +191,5 @@ def test_closed_form_objective_and_gradient_equal_autograd(name):
 def test_closed_form_is_declined_where_there_is_none():
     module, (x, y) = module_and_batch("synthetic_adam")
     dense = x.to_dense()
-    assert module.objective_and_gradient(dense, y) is None  # dense inputs: autograd
+    assert objective.objective_and_gradient(module.net, dense, y, module.lam,
+                                            module.params) is None  # dense inputs: autograd

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from helpers import tiny_config
 from omegaconf import OmegaConf
 
 from adamgap.optimizers import SignGD, build_optimizer, resolve_optimizer_class

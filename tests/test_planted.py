@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
-from adamgap.config import ConfigError
-from adamgap.planted import PlantedDataModule, dct_matrix, feature_vectors
+from adamgap.errors import ConfigError
+from adamgap.tasks.planted import PlantedDataModule, dct_matrix, feature_vectors
 from adamgap.train import build_datamodule
 
 # Fashion-MNIST T-shirt (+1) vs Trouser (-1); 784 pixels embedded in R^1000 with the noise kept

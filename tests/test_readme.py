@@ -1,9 +1,8 @@
 """The README's Quickstart promises two commands; CI must run the second one verbatim."""
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
 def quickstart_commands() -> list[str]:

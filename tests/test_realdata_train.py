@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
-from adamgap.config import ConfigError
-from adamgap.image_patches import to_patches
-from adamgap.resnet import ResNetClassifier
+from adamgap.errors import ConfigError
+from adamgap.tasks.image_patches import to_patches
+from adamgap.tasks.resnet import ResNetClassifier
 from adamgap.train import build_datamodule, run
 
 PLANTED = [f"{family}_patch_{opt}" for family in ("fmnist", "cifar10")
@@ -64,12 +64,12 @@ def test_cifar_resnet_configs_take_a_few_steps_on_cpu(name, cifar_root, tmp_path
 
 
 def test_resnet_is_adapted_to_32x32_and_augmentation_crops_and_flips(cifar_root):
-    net = ResNetClassifier(classes=10, seed=0).net
+    net = ResNetClassifier(classes=10, channels=3, seed=0).net
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, torch.nn.Identity)
-    assert ResNetClassifier(10)(torch.zeros(2, 3, 32, 32)).shape == (1, 2, 10)
-    assert torch.equal(ResNetClassifier(10, seed=4).net.conv1.weight,
-                       ResNetClassifier(10, seed=4).net.conv1.weight)  # W(0) from the seed
+    assert ResNetClassifier(10, 3, 0)(torch.zeros(2, 3, 32, 32)).shape == (1, 2, 10)
+    assert torch.equal(ResNetClassifier(10, 3, 4).net.conv1.weight,
+                       ResNetClassifier(10, 3, 4).net.conv1.weight)  # W(0) from the seed
     dm = build_datamodule(tiny_config("cifar10_resnet_sgd", *RESNET_TINY,
                                       f"data.root={cifar_root}"))
     plain, augmented = dm.dataset("train", augment=False), dm.dataset("train", augment=True)
@@ -81,7 +81,7 @@ def test_resnet_is_adapted_to_32x32_and_augmentation_crops_and_flips(cifar_root)
 
 @pytest.mark.slow
 def test_binary_image_patches_train_with_the_alignment(tmp_path):
-    patches = ["data.task=image_patches", "data.grid=4", "data.d=49", "data.patches=16"]
+    patches = ["data.task=image_patches", "data.grid=4", "data.d=49"]
     summary = run(tiny_config("fmnist_patch_gd", *patches, "optim.lr=3.0", tmp_path=tmp_path))
     assert summary["train_error"] == 0.0 and summary["test_error"] < 0.1  # T-shirt vs trouser
     dm = build_datamodule(tiny_config("fmnist_patch_gd", *patches))
@@ -95,7 +95,7 @@ def test_binary_image_patches_train_with_the_alignment(tmp_path):
 
 @pytest.mark.slow
 def test_multiclass_image_patches_beat_chance(tmp_path):
-    patches = ["data.task=image_patches", "data.grid=4", "data.d=49", "data.patches=16",
+    patches = ["data.task=image_patches", "data.grid=4", "data.d=49",
                "data.classes=[0,1,7]", "data.n=60", "data.n_test=300", "align.enabled=false"]
     summary = run(tiny_config("fmnist_patch_adam", *patches, "optim.lr=1e-3",
                               tmp_path=tmp_path))
@@ -111,7 +111,7 @@ def test_images_are_cut_into_row_major_non_overlapping_patches():
 
 
 def test_image_patches_check_the_grid_and_alignment():
-    patches = ["data.task=image_patches", "data.grid=4", "data.patches=16"]
+    patches = ["data.task=image_patches", "data.grid=4"]
     with pytest.raises(ConfigError, match="data.d=1000 .* = 49"):
         tiny_config("fmnist_patch_adam", *patches)
     with pytest.raises(ConfigError, match="data.grid=5 .*divisor of the image side 28"):
@@ -121,9 +121,10 @@ def test_image_patches_check_the_grid_and_alignment():
 
 
 def test_report_section_pairs_seeds_and_writes_its_figures(tmp_path):
+    from adamgap.analysis.realdata_report import phase_cell_dirs, phase_rows, section
+    from adamgap.experiments.cells import cell_dir
+    from adamgap.experiments.spec import create, load, parse_args
     from adamgap.outputs import write_csv, write_json
-    from adamgap.realdata import phase_cell_dirs, phase_rows, section
-    from adamgap.sweep import cell_dir, create, load, parse_args
 
     def fake_run(run_dir, test_error):
         replicas = [{"seed": k, "train_error": 0.0, "test_error": test_error + 0.01 * k,

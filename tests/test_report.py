@@ -6,18 +6,20 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
-from adamgap import report
-from adamgap import sweep as sw
+from adamgap.analysis import report
+from adamgap.experiments.launch import run_sweep
+from adamgap.experiments.spec import create, parse_args
+from adamgap.experiments.stats import fmt
 
 FAST = [*TINY, "trainer.max_steps=30", "trainer.eval_every=30", "align.every=10",
         "trainer.log_every=10"]
 
 
 def make_sweep(path, *args: str):
-    sweep_dir = sw.create(sw.parse_args([*args, *FAST, "sweep.seeds=2", f"sweep.dir={path}"]))
-    sw.run_sweep(sweep_dir, progress=lambda line: None)
+    sweep_dir = create(parse_args([*args, *FAST, "sweep.seeds=2", f"sweep.dir={path}"]))
+    run_sweep(sweep_dir, progress=lambda line: None)
     return sweep_dir
 
 
@@ -58,7 +60,7 @@ def test_report_has_a_section_per_sweep_with_the_sweeps_numbers(sweeps, tmp_path
         agg = {row["conf"]: row for row in csv.DictReader(f)}
     adam = agg["synthetic_adam"]
     line = next(ln for ln in text.splitlines() if ln.startswith("| Adam | 0.0001 | 2 |"))
-    assert sw.fmt(float(adam["test_error_mean"]), float(adam["test_error_ci95"])) in line
+    assert fmt(float(adam["test_error_mean"]), float(adam["test_error_ci95"])) in line
     assert line.endswith("| 0 | 0.884 |")  # the paper's numbers beside
     gap = float(next(ln for ln in text.splitlines() if ln.startswith("| 10 | ")).split("|")[2])
     with open(sweeps["phase"] / "aggregate.csv") as f:

@@ -1,6 +1,7 @@
-"""Checkpoint and resume (adamgap/checkpointing.py): a run stopped at any step and resumed with
-``run.resume=true`` ends with the same ``summary.json`` (every field but ``wall_seconds``),
-``alignment.csv`` and ``metrics.csv``, byte for byte, as the run that was never stopped."""
+"""Checkpoint and resume (adamgap/runtime/checkpointing.py): a run stopped at any step and
+resumed with ``run.resume=true`` ends with the same ``summary.json`` (every field but
+``wall_seconds``), ``alignment.csv`` and ``metrics.csv``, byte for byte, as the run that was
+never stopped."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, tiny_config
+from helpers import ROOT, TINY, computed_summary, tiny_config
 
 from adamgap import train
-from adamgap.checkpointing import AtomicCheckpointIO
+from adamgap.runtime.checkpointing import AtomicCheckpointIO
 
-ROOT = Path(__file__).resolve().parent.parent
 # checkpoints at 20, 40, ...; evaluations at 40, 80, ...: both kinds of save point occur
 SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every=10",
             "align.every=10", "run.checkpoint_every=20"]
@@ -77,14 +77,6 @@ def reference(tmp_path_factory):
             cache[task] = run_dir
         return cache[task]
     return get
-
-
-def computed_summary(run_dir: Path) -> dict:
-    """``summary.json`` without what is not computed: the wall times."""
-    out = json.loads((run_dir / "summary.json").read_text())
-    for row in [out, *out.get("replicas", [])]:
-        row.pop("wall_seconds")
-    return out
 
 
 def assert_same_run(ref: Path, run_dir: Path) -> None:

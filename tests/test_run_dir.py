@@ -1,5 +1,6 @@
-"""Run directory safety (adamgap/rundir.py): a directory holding a completed, running, unfinished
-or foreign run is refused unless resuming; a running one always; two processes never share one."""
+"""Run directory safety (adamgap/runtime/rundir.py): a directory holding a completed, running,
+unfinished or foreign run is refused unless resuming; a running one always; two processes never
+share one."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from helpers import ROOT, hold_lock, tiny_config
 
-from adamgap import rundir, train
-from adamgap.config import ConfigError
+from adamgap import train
+from adamgap.errors import ConfigError
+from adamgap.runtime import rundir
 
-ROOT = Path(__file__).resolve().parent.parent
 SHORT = ["trainer.max_steps=20", "trainer.eval_every=10", "trainer.log_every=10"]
 
 
@@ -40,16 +41,6 @@ def killed_run(run_dir: Path) -> Path:
     (run_dir / "config.yaml").write_text(
         train.to_yaml(tiny_config("synthetic_adam", *SHORT, f"run.dir={run_dir}")))
     return run_dir
-
-
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    """Another process that holds ``run_dir``'s lock until killed."""
-    code = ("import sys, time; from pathlib import Path; from adamgap import rundir; "
-            "rundir.lock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
 
 
 def test_completed_run_is_refused_and_untouched(completed):

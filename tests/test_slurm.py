@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import ROOT, TINY, computed_summary
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 SBIN = os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin"
 # the run every job trains (or part of it): long enough for a signal to land mid-run
@@ -125,12 +124,6 @@ def log_of(out: Path, name: str, job_id: str) -> str:
     return (out / f"{name}-{job_id}.out").read_text()
 
 
-def summary_of(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary.pop("wall_seconds")
-    return summary
-
-
 def weights_of(run_dir: Path) -> torch.Tensor:
     return torch.load(run_dir / "weights.pt")["weight"]
 
@@ -172,7 +165,7 @@ def test_ddp_requeue_resumes_to_the_uninterrupted_result(cluster, jobs):
 
     cluster.wait(ids["ddp"])
     ddp, requeued = out / "ddp", out / "requeue"
-    assert summary_of(requeued) == summary_of(ddp)
+    assert computed_summary(requeued) == computed_summary(ddp)
     assert torch.equal(weights_of(requeued), weights_of(ddp))
     assert (requeued / "alignment.csv").read_text() == (ddp / "alignment.csv").read_text()
     assert not list(requeued.glob("hpc_ckpt_*.ckpt"))  # Lightning's own handler stayed off
@@ -183,7 +176,7 @@ def test_single_run(cluster, jobs):
     info = cluster.wait(ids["single"])
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0")
     assert info["TresPerNode"] == "gres:gpu:1"  # train.sbatch's default, a fake GPU here
-    summary = summary_of(out / "single")
+    summary = computed_summary(out / "single")
     assert (summary["status"], summary["steps"]) == ("completed", STEPS)
     printed = json.loads(log_of(out, "single", ids["single"]).strip().splitlines()[-1])
     assert printed["test_error"] == summary["test_error"]
@@ -199,7 +192,7 @@ def test_ddp_via_srun_equals_the_single_run(cluster, jobs):
     cluster.wait(ids["single"])
     torch.testing.assert_close(weights_of(out / "ddp"), weights_of(out / "single"),
                                rtol=1e-4, atol=1e-6)
-    ddp, single = summary_of(out / "ddp"), summary_of(out / "single")
+    ddp, single = computed_summary(out / "ddp"), computed_summary(out / "single")
     assert (ddp["train_error"], ddp["test_error"]) == (single["train_error"],
                                                        single["test_error"])
     assert ddp["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)

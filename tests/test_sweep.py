@@ -8,17 +8,21 @@ import json
 import math
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
-from adamgap import sweep as sw
-from adamgap.config import ConfigError
+from adamgap.errors import ConfigError
+from adamgap.experiments.cells import cell_dir, cell_file, record_of, state
+from adamgap.experiments.launch import run_sweep
+from adamgap.experiments.spec import SweepSpec, config_of, create, load, parse_args, plan
+from adamgap.experiments.stats import fmt, mean_ci
+from adamgap.experiments.sweep import main as sweep_main
 
 FAST = [*TINY, "trainer.max_steps=30", "trainer.eval_every=30", "align.every=10",
         "trainer.log_every=10"]
 
 
-def spec_of(tmp_path, *args: str) -> sw.SweepSpec:
-    return sw.parse_args([*args, *FAST, f"sweep.dir={tmp_path / 'sweep'}"])
+def spec_of(tmp_path, *args: str) -> SweepSpec:
+    return parse_args([*args, *FAST, f"sweep.dir={tmp_path / 'sweep'}"])
 
 
 # -- the spec and the grid ------------------------------------------------------------------------
@@ -28,17 +32,17 @@ def test_grid_is_the_product_of_its_keys_with_base_overrides(tmp_path):
                    "sweep.grid.data.alpha=[0.05,0.1,0.2]", "model.m=4")
     assert spec.seeds == 3 and spec.grid == {"conf": ["synthetic_adam", "synthetic_gd"],
                                              "data.alpha": [0.05, 0.1, 0.2]}
-    cells = sw.plan(spec)
+    cells = plan(spec)
     assert [(c.conf, c.values["data.alpha"]) for c in cells] == [
         (conf, a) for conf in ("synthetic_adam", "synthetic_gd") for a in (0.05, 0.1, 0.2)]
-    cfg = sw.config_of(cells[4], tmp_path)
+    cfg = config_of(cells[4], tmp_path)
     assert (cfg.optim.name, cfg.optim.lr, cfg.data.alpha, cfg.model.m) == ("gd", 0.1, 0.1, 4)
     assert (cfg.seed, cfg.run.replicas, cfg.run.resume) == (0, 3, True)
     assert len({c.id for c in cells}) == 6
 
 
 def test_chunks_split_a_cells_seeds_into_ensembles(tmp_path):
-    cells = sw.plan(spec_of(tmp_path, "seed=10", "sweep.seeds=5", "sweep.chunk=2"))
+    cells = plan(spec_of(tmp_path, "seed=10", "sweep.seeds=5", "sweep.chunk=2"))
     assert [(c.seed, c.replicas) for c in cells] == [(10, 2), (12, 2), (14, 1)]
 
 
@@ -56,28 +60,28 @@ def test_chunks_split_a_cells_seeds_into_ensembles(tmp_path):
 ])
 def test_bad_sweep_input_is_one_clear_line(tmp_path, arg, message):
     with pytest.raises(ConfigError) as err:
-        sw.plan(spec_of(tmp_path, arg))
+        plan(spec_of(tmp_path, arg))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_sweep_cli_rejects_bad_input_with_exit_2(tmp_path, capsys):
-    assert sw.main(["sweep.grid.optim.lrr=[1]", f"sweep.dir={tmp_path}"]) == 2
+    assert sweep_main(["sweep.grid.optim.lrr=[1]", f"sweep.dir={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith("error: sweep.grid.optim.lrr: unknown config key")
-    assert sw.main(["--dir", str(tmp_path / "none")]) == 2
+    assert sweep_main(["--dir", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "sweep.yaml").exists()  # nothing written
 
 
 # -- aggregation ----------------------------------------------------------------------------------
 def test_mean_std_and_t_interval_on_known_numbers():
-    mean, std, ci = sw.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, std, ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0
     assert std == pytest.approx(math.sqrt(2.5))  # sample std, n - 1
     assert ci == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5))  # t_{0.975, 4}
-    _, _, ci2 = sw.mean_ci([0.0, 1.0])
+    _, _, ci2 = mean_ci([0.0, 1.0])
     assert ci2 == pytest.approx(12.7062047 * math.sqrt(0.5) / math.sqrt(2))  # t_{0.975, 1}
-    mean1, std1, ci1 = sw.mean_ci([0.7])
+    mean1, std1, ci1 = mean_ci([0.7])
     assert mean1 == 0.7 and math.isnan(std1) and math.isnan(ci1)
-    assert sw.fmt(0.8841, 0.0123) == "0.884 ± 0.012" and sw.fmt(0.5, math.nan) == "0.500"
+    assert fmt(0.8841, 0.0123) == "0.884 ± 0.012" and fmt(0.5, math.nan) == "0.500"
 
 
 # -- a sweep's life -------------------------------------------------------------------------------
@@ -93,8 +97,8 @@ def test_failed_cell_is_recorded_and_the_others_finish_then_a_rerun_redoes_it(tm
 
     spec = spec_of(tmp_path, "conf=synthetic_adam", "sweep.seeds=2",
                    "sweep.grid.optim.kwargs=[{},{amsgrad: true},{bogus: 1}]")
-    sweep_dir = sw.create(spec)
-    cells = sw.load(sweep_dir)[1]
+    sweep_dir = create(spec)
+    cells = load(sweep_dir)[1]
     assert (sweep_dir / "sweep.yaml").is_file() and len(cells) == 3  # written before any run
     real = adamgap.train.run
 
@@ -106,7 +110,7 @@ def test_failed_cell_is_recorded_and_the_others_finish_then_a_rerun_redoes_it(tm
 
     flaky.failed = False
     monkeypatch.setattr(adamgap.train, "run", flaky)
-    states = sw.run_sweep(sweep_dir, progress=lambda line: None)
+    states = run_sweep(sweep_dir, progress=lambda line: None)
     assert states == {0: "completed", 1: "failed", 2: "failed"}
     rows = read_csv(sweep_dir / "results.csv")
     assert list(rows[0])[:4] == ["conf", "seed", "status", "optim.kwargs"]
@@ -116,13 +120,13 @@ def test_failed_cell_is_recorded_and_the_others_finish_then_a_rerun_redoes_it(tm
     assert rows[2]["error"] == "RuntimeError: node lost"
     assert "TypeError" in rows[4]["error"] and "bogus" in rows[4]["error"]
     assert float(rows[0]["test_error"]) >= 0 and rows[0]["feature_learning"] != ""
-    assert "Traceback" in sw.cell_file(sweep_dir, cells[2], ".error.log").read_text()
-    done = (sw.cell_dir(sweep_dir, cells[0]) / "summary.json").stat().st_mtime_ns
+    assert "Traceback" in cell_file(sweep_dir, cells[2], ".error.log").read_text()
+    done = (cell_dir(sweep_dir, cells[0]) / "summary.json").stat().st_mtime_ns
 
-    assert sw.main(["--dir", str(sweep_dir)]) == 1  # cell 2 still fails: exit 1
-    assert (sw.cell_dir(sweep_dir, cells[0]) / "summary.json").stat().st_mtime_ns == done
-    assert [sw.record_of(sweep_dir, c).get("attempts") for c in cells] == [1, 2, 2]
-    assert [sw.state(sweep_dir, c) for c in cells] == ["completed", "completed", "failed"]
+    assert sweep_main(["--dir", str(sweep_dir)]) == 1  # cell 2 still fails: exit 1
+    assert (cell_dir(sweep_dir, cells[0]) / "summary.json").stat().st_mtime_ns == done
+    assert [record_of(sweep_dir, c).get("attempts") for c in cells] == [1, 2, 2]
+    assert [state(sweep_dir, c) for c in cells] == ["completed", "completed", "failed"]
     agg = read_csv(sweep_dir / "aggregate.csv")
     assert [(a["n_seeds"], a["n_failed"]) for a in agg] == [("2", "0"), ("2", "0"), ("0", "2")]
     seeds = [float(r["test_error"]) for r in read_csv(sweep_dir / "results.csv")[:2]]
@@ -133,29 +137,29 @@ def test_failed_cell_is_recorded_and_the_others_finish_then_a_rerun_redoes_it(tm
 def test_interrupted_sweep_resumes_and_a_cell_runs_alone_by_index(tmp_path, capsys):
     args = ["conf=synthetic_gd", "sweep.seeds=2", "sweep.grid.data.alpha=[0.1,0.3]", *FAST,
             f"sweep.dir={tmp_path / 'sweep'}"]
-    sweep_dir = sw.create(sw.parse_args(args))
-    assert sw.main(["--dir", str(sweep_dir), "--cell", "1"]) == 0  # as a cluster task would
-    cells = sw.load(sweep_dir)[1]
-    assert [sw.state(sweep_dir, c) for c in cells] == ["pending", "completed"]
-    first = json.loads((sw.cell_dir(sweep_dir, cells[1]) / "summary.json").read_text())
-    assert sw.main(args) == 0  # the same command again: resumes, runs cell 0 only
-    assert [sw.record_of(sweep_dir, c)["attempts"] for c in cells] == [1, 1]
-    assert json.loads((sw.cell_dir(sweep_dir, cells[1]) / "summary.json").read_text()) == first
+    sweep_dir = create(parse_args(args))
+    assert sweep_main(["--dir", str(sweep_dir), "--cell", "1"]) == 0  # as a cluster task would
+    cells = load(sweep_dir)[1]
+    assert [state(sweep_dir, c) for c in cells] == ["pending", "completed"]
+    first = json.loads((cell_dir(sweep_dir, cells[1]) / "summary.json").read_text())
+    assert sweep_main(args) == 0  # the same command again: resumes, runs cell 0 only
+    assert [record_of(sweep_dir, c)["attempts"] for c in cells] == [1, 1]
+    assert json.loads((cell_dir(sweep_dir, cells[1]) / "summary.json").read_text()) == first
     out = capsys.readouterr().out
     assert "2 cells, 1 finished, 1 to run" in out
     with pytest.raises(ConfigError, match="holds a different sweep"):
-        sw.create(sw.parse_args([*args, "sweep.seeds=3"]))
+        create(parse_args([*args, "sweep.seeds=3"]))
 
 
 @pytest.mark.slow
 def test_parallel_jobs_run_cells_in_their_own_processes(tmp_path):
     spec = spec_of(tmp_path, "sweep.seeds=1", "sweep.jobs=2",
                    "sweep.grid.conf=[synthetic_adam,synthetic_signgd]")
-    sweep_dir = sw.create(spec)
-    assert sw.run_sweep(sweep_dir, progress=lambda line: None) == {0: "completed",
+    sweep_dir = create(spec)
+    assert run_sweep(sweep_dir, progress=lambda line: None) == {0: "completed",
                                                                   1: "completed"}
-    cells = sw.load(sweep_dir)[1]
-    assert all(sw.cell_file(sweep_dir, c, ".log").is_file() for c in cells)
+    cells = load(sweep_dir)[1]
+    assert all(cell_file(sweep_dir, c, ".log").is_file() for c in cells)
     rows = read_csv(sweep_dir / "results.csv")
     assert [r["conf"] for r in rows] == ["synthetic_adam", "synthetic_signgd"]
 
@@ -168,10 +172,10 @@ LEAGUE = ["synthetic_adam", "synthetic_adamw", "synthetic_sgd", "synthetic_gd",
 @pytest.mark.slow
 def test_every_league_optimizer_trains_in_a_sweep(tmp_path):
     """The optimizer league's confs (Lion from lion-pytorch among them) each train and finish."""
-    spec = sw.parse_args([f"sweep.grid.conf=[{','.join(LEAGUE)}]", "sweep.seeds=1", *TINY,
+    spec = parse_args([f"sweep.grid.conf=[{','.join(LEAGUE)}]", "sweep.seeds=1", *TINY,
                           "trainer.max_steps=3", "trainer.eval_every=3", "align.every=3",
                           f"sweep.dir={tmp_path / 'league'}"])
-    states = sw.run_sweep(sw.create(spec), progress=lambda line: None)
+    states = run_sweep(create(spec), progress=lambda line: None)
     assert list(states.values()) == ["completed"] * len(LEAGUE)
     rows = read_csv(tmp_path / "league" / "results.csv")
     assert [r["conf"] for r in rows] == LEAGUE

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from adamgap import theory
 from adamgap.config import load_config, to_yaml
 from adamgap.outputs import write_csv, write_json, write_text
+from adamgap.theory import claims as theory
 
 STEPS = np.arange(0, 10_001, 100)
 

@@ -1,5 +1,5 @@
 """End to end (``adamgap.train.run``): the paper's gap at a small scale, the shared data and W(0)
-of an Adam and a GD run with one seed, and the run directory (issue 2, items 6-9)."""
+of an Adam and a GD run with one seed, and what a run directory holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from omegaconf import OmegaConf
 
 from adamgap.train import build_datamodule, build_module, run

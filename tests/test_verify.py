@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-from adamgap import verify
-from adamgap.config import ConfigError, load_config, to_yaml
+from adamgap.config import load_config, to_yaml
+from adamgap.errors import ConfigError
 from adamgap.outputs import write_text
-
-ROOT = Path(__file__).resolve().parent.parent
+from adamgap.theory import verify
 
 
 def test_consecutive_seeds_train_as_one_ensemble():

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import wandb
 import wandb_workspaces.reports.v2 as wr
-from conftest import tiny_config
+from helpers import tiny_config
 from wandb.proto import wandb_internal_pb2 as pb
 
-from adamgap import sweep
+from adamgap.analysis.wandb_report import CURVES, build_report, outline
+from adamgap.experiments.cells import cell_dir
+from adamgap.experiments.spec import config_of, create, load, parse_args
 from adamgap.outputs import write_csv
+from adamgap.runtime.wandb_run import FIGURE_KEY, group_of, run_id, summary_metrics, tags_of
+from adamgap.summary import assemble
 from adamgap.train import run
-from adamgap.wandb_report import CURVES, build_report, outline
-from adamgap.wandb_run import FIGURE_KEY, group_of, run_id, summary_metrics, tags_of
 
 
 @pytest.fixture(autouse=True)
@@ -40,17 +42,17 @@ def test_run_id_depends_on_the_run_directory_only(tmp_path, monkeypatch):
 
 
 def make_sweep(tmp_path: Path) -> Path:
-    spec = sweep.parse_args(["sweep.grid.conf=[synthetic_adam,synthetic_gd]",
+    spec = parse_args(["sweep.grid.conf=[synthetic_adam,synthetic_gd]",
                              "sweep.grid.data.alpha=[0.1,0.2]", "sweep.grid.data.s=[10,20]",
                              "sweep.seeds=2", f"sweep.dir={tmp_path / 'phase'}"])
-    return sweep.create(spec)
+    return create(spec)
 
 
 def test_group_is_the_sweep_then_the_conf(tmp_path):
     sweep_dir = make_sweep(tmp_path)
-    _, cells = sweep.load(sweep_dir)
-    cfg = sweep.config_of(cells[0], sweep_dir)
-    assert group_of(cfg, sweep.cell_dir(sweep_dir, cells[0])) == "phase"
+    _, cells = load(sweep_dir)
+    cfg = config_of(cells[0], sweep_dir)
+    assert group_of(cfg, cell_dir(sweep_dir, cells[0])) == "phase"
     assert group_of(cfg, tmp_path / "elsewhere") == "synthetic_adam"
     assert group_of(tiny_config("synthetic_gd", "logger.wandb.group=mine"), tmp_path) == "mine"
     assert tags_of(tiny_config("synthetic_gd", "logger.wandb.tags=[paper]")) == [
@@ -58,9 +60,9 @@ def test_group_is_the_sweep_then_the_conf(tmp_path):
 
 
 def test_summary_of_an_ensemble_is_the_mean_and_each_seed():
-    summary = {"conf": "x", "status": "completed", "steps": 10, "replicas": [
-        {"seed": 3, "test_error": 0.8, "train_error": 0.0, "status": "completed"},
-        {"seed": 4, "test_error": 0.6, "train_error": 0.0, "status": "completed"}]}
+    summary = assemble("x", [
+        {"seed": s, "status": "completed", "steps": 10, "wall_seconds": 1.0, "test_error": e,
+         "train_error": 0.0} for s, e in ((3, 0.8), (4, 0.6))])
     out = summary_metrics(summary)
     assert out["test_error"] == pytest.approx(0.7)
     assert out["seed3/test_error"] == 0.8 and out["seed4/test_error"] == 0.6

@@ -1,6 +1,6 @@
 """Speed: adamgap's runs against a plain PyTorch loop of the same math, side by side.
 
-    python scripts/benchmark.py     # the tables below, printed and written to docs/benchmark.md
+    python scripts/benchmark.py     # the tables, printed and written into docs/benchmark.md
 
 What is timed (wall clock of a fresh process each, so start-up and data are included; median
 over ``repeats``):
@@ -17,6 +17,7 @@ over ``repeats``):
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -28,7 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import torch
+
+from adamgap import provenance
+from adamgap.outputs import write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- scripts/benchmark.py writes from here -->", "<!-- to here -->"
 
 
 # -- the baseline ----------------------------------------------------------------------------------
@@ -38,8 +45,6 @@ def plain_loop(seed: int = 0, d: int = 1000, n: int = 200, n_test: int = 10_000,
                flush_denormal: bool = False) -> dict:
     """Definition 3.1 data, the two-layer cubic CNN and full-batch Adam in plain PyTorch: the
     straightforward implementation the benchmark compares against (no sparsity, no Lightning)."""
-    import torch
-
     torch.set_flush_denormal(flush_denormal)
     g = torch.Generator().manual_seed(seed)
 
@@ -112,7 +117,7 @@ def train_cmd(work: Path, name: str, *overrides: str) -> list[str]:
             *overrides]
 
 
-# scripts/train.py without its start-up measure (cli.collector_paused): the ablation row
+# scripts/train.py without its start-up measure (startup.collector_paused): the ablation row
 WITHOUT_GC_PAUSE = ("import sys; from adamgap.cli import main; from adamgap.train import run; "
                     "sys.exit(main(run, sys.argv[1:]))")
 
@@ -140,7 +145,7 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
         return wall, last_json(stdout)
 
     def plain(flush: bool):
-        code = (f"import json; from adamgap.benchmark import plain_loop; "
+        code = (f"import json; from adamgap.analysis.benchmark import plain_loop; "
                 f"print(json.dumps(plain_loop(flush_denormal={flush})))")
         wall, stdout = timed([sys.executable, "-c", code], env)
         return wall, last_json(stdout)
@@ -174,7 +179,7 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
          "flushed variant)"),
         ("the same with `trainer.steps_per_batch=1` (Lightning drives every step, autograd)",
          f"{med['k1']:.1f}", errors("k1")),
-        ("the same started without `cli.collector_paused` (garbage collector on while "
+        ("the same started without `startup.collector_paused` (garbage collector on while "
          "importing)", f"{med['nogc']:.1f}", errors("nogc")),
         ("plain PyTorch loop, flush_denormal=False", f"{b[False]:.1f}", errors("plain")),
         ("plain PyTorch loop, flush_denormal=True", f"{b[True]:.1f}", errors("plain_flush")),
@@ -195,10 +200,17 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
     load = (load_before, os.getloadavg()[0])
     text = markdown(rows, scale, repeats, threads, a, b, c, load)
     if out is not None:
-        from adamgap.outputs import write_text
-
-        write_text(out, text)
+        write_into(out, text)
     return text
+
+
+def write_into(path: Path, text: str) -> None:
+    """Replace what stands between ``BEGIN`` and ``END`` in ``path`` (the measured tables; the
+    prose around them is the document's own) with ``text``; a new file holds ``text`` alone."""
+    old = path.read_text() if path.is_file() else f"{BEGIN}\n{END}\n"
+    head, rest = old.split(BEGIN, 1) if BEGIN in old else (old, END)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    write_text(path, f"{head}{BEGIN}\n{text}{END}{tail}")
 
 
 SCALING = [  # (what varies, overrides); T = 2000 steps keeps the table quick
@@ -229,9 +241,9 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan)) 
             f"{load[1]:.1f} at the end" + (": other jobs shared the cores, so these times are "
                                            "inflated." if max(load) > 1.5 else "."))
     lines = [
-        "# Benchmark", "",
         f"`python scripts/benchmark.py` on {machine}, {threads} thread(s) per process; medians "
         f"of {repeats} fresh processes (wall seconds, start-up and data included).{busy}", "",
+        f"Provenance: {provenance.line(provenance.collect())}.", "",
         "| what | wall s | notes |", "|---|---|---|",
         *(f"| {w} | {s} | {n} |" for w, s, n in rows), "",
         f"Targets: `train.py` <= 0.5x the plain loop: **{a / b[True]:.2f}x** (against the plain "
@@ -243,77 +255,10 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan)) 
                   "drawing the data; `ms / step` is fit s / T.", "",
                   "| size | process wall s | fit s | ms / step |", "|---|---|---|---|",
                   *(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in scale), ""]
-    return "\n".join(lines) + "\n" + WHERE_TIME_GOES + GPU_DESIGN
-
-
-WHERE_TIME_GOES = """
-## Where the time goes, and what was done
-
-The two ablation rows above switch off, one at a time, the two measures that matter most.
-
-- **k optimizer steps per Lightning training step** (`module.py`, `config.steps_per_batch`):
-  at the paper's sizes one step's arithmetic is a fraction of a millisecond, and Lightning's
-  per-step machinery (loop, hooks, logger connector, `LightningOptimizer`) and autograd's
-  bookkeeping cost as much again. A training step therefore runs a chunk of k steps (by default
-  the gcd of `max_steps`, `log_every`, `eval_every`, `align.every` and `checkpoint_every`: 100
-  here), in which the torch optimizer steps directly and Lightning only counts the steps;
-  callbacks, logging, evaluation and checkpoints act at chunk ends, where the steps they act on
-  fall anyway. Inside a chunk the binary patch CNN takes its gradient in closed form
-  (`network.sparse_patch_sums_grad`, `module.logistic_l2_grad`: the formulas of its two custom
-  autograd nodes, which `tests/test_network.py` checks against autograd), and
-  `tests/test_chunks.py` checks that a chunked run equals the run with one step per training
-  step. Row "`trainer.steps_per_batch=1`" is the cost without it.
-- **Start-up** (`cli.collector_paused`): importing torch and Lightning creates millions of
-  objects, which the cyclic garbage collector walks again and again while they load and once
-  more at exit. `scripts/train.py` imports with the collector off, then `gc.freeze()`s what was
-  loaded, and freezes the heap before it exits. Row "without `cli.collector_paused`" is the cost
-  without it. What remains is mostly importing torch, Lightning, torchmetrics (which imports
-  torchvision, `torch._dynamo`, scipy and matplotlib) and the interpreter itself.
-- **Sparse products as `embedding_bag`** (`patches.py`): a patch has s + 1 of d nonzeros, so
-  `<w_{j,r}, x_p>` for all replicas, examples, patches and filters is one product of a
-  block-diagonal CSR matrix with the (K d, 2m) weights, and the weight gradient one product with
-  its transpose. Both run as `F.embedding_bag(..., per_sample_weights=values)` (the fbgemm
-  kernel), about 2x faster on this CPU than `torch`'s CSR matmul; the transpose is built only
-  for matrices that need a backward pass (never for the 10 000-example test set).
-- **Data**: the noise coordinates are the top s of random keys per patch; every patch's keys
-  are drawn (the random stream, and so every seed's data, stays what it was) but only the noise
-  patches' keys are ranked, with an unsorted `topk` (the set is the same; it is sorted after).
-- **Denormals**: `train.run` calls `torch.set_flush_denormal(True)`: Adam's second moments
-  and the early gradients of the cubic network underflow to denormal floats, which x86 CPUs
-  process an order of magnitude slower.
-- **One thread per process**: these problems are far too small for intra-op threads; on this
-  2-core machine, shared with other jobs, 2 threads made a default run about 30x slower (2650
-  steps in 442 s against 10 000 in 53 s, measured before the chunked loop). Sweeps set
-  `sweep.threads` (default 1) and run cells in parallel instead (`sweep.jobs`).
-"""
-
-GPU_DESIGN = """
-## On a GPU: 1 000 seeds for about the cost of a few
-
-Nothing here is CPU-specific: `trainer.accelerator=gpu run.replicas=1000` puts the K = 1000
-replicas in one set of tensors and every step stays one pass of a fixed number of kernels,
-independent of K: one `embedding_bag` forward and one backward over the block-diagonal CSR
-patches (K n P rows, K d columns), elementwise activations on (K, n, P, 2m), the fused Adam over
-all K d 2m weights, per-replica metrics (`samplewise` accuracy, `MultioutputWrapper` means) and
-the alignment as batched `einsum`s. A single seed on a GPU is bound by kernel launches and
-Python (a fixed few dozen small kernels per step; Lightning's hooks only once per chunk of
-k steps), not by arithmetic, so adding replicas is free until the kernels fill the device.
-
-Expected, not measured (this task had no GPU): at K = 1000 a step moves about
-1000 x 200 x 102 nonzeros x 2m = 40 floats in each product, some 3 GB of gathers, plus about
-1 GB of Adam state traffic: a few milliseconds on an H100/H200-class device, so 10 000 steps
-in under a minute against ~10 s for one seed, i.e. 1 000 seeds for the cost of a handful. The
-bottleneck then moves to data: the 10 000-example test sets are drawn per seed on the CPU
-(0.16 s of sampling each here, `data.make_patches`, so minutes for 1 000 seeds) and take
-~20 GB as CSR on the device; chunking the seeds (`sweep.chunk=100`, one array task per
-chunk) or drawing the data on the device (with a device generator, which changes the random
-streams) are the two ways out.
-"""
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")

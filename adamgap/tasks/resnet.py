@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.models import resnet18
 from torchvision.transforms import v2
 
-from adamgap.config import ConfigError
+from adamgap.config import DATASETS
 from adamgap.data import generator
-from adamgap.datasets import NUM_CLASSES, load, subset
+from adamgap.errors import ConfigError
+from adamgap.tasks.datasets import load, subset
 
 
 def resnet18_cifar(num_classes: int, channels: int = 3) -> nn.Module:
@@ -46,7 +47,7 @@ class ResNetClassifier(nn.Module):
 
     replicas = 1
 
-    def __init__(self, classes: int, channels: int = 3, seed: int = 0) -> None:
+    def __init__(self, classes: int, channels: int, seed: int) -> None:
         super().__init__()
         self.classes = classes
         with torch.random.fork_rng(devices=[]):  # W(0) from the seed's "init" stream
@@ -89,7 +90,7 @@ class ImageDataModule(L.LightningDataModule):
                                   f"not allowed: the {stream} split has {len(c)} images")
             pick = torch.randperm(len(c), generator=generator(self.seed, stream))[:count]
             self.splits[stream] = (images[pick], c[pick])
-        self.num_classes = NUM_CLASSES[dataset] if classes is None else len(classes)
+        self.num_classes = DATASETS[dataset].classes if classes is None else len(classes)
         self.channels = images.shape[1]
         train = self.splits["train"][0].float() / 255.0
         self.mean = train.mean(dim=(0, 2, 3)).tolist()  # per-channel standardization

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adamgap.config import ConfigError
 from adamgap.data import PatchSet, SyntheticDataModule, generator
-from adamgap.datasets import load, subset, to_float
-from adamgap.datasets import normalize as normalize_rows  # the argument name is taken
+from adamgap.errors import ConfigError
+from adamgap.tasks.datasets import load, subset, to_float
+from adamgap.tasks.datasets import normalize as normalize_rows  # the argument name is taken
 
 
 def to_patches(x: Tensor, grid: int) -> Tensor:
@@ -38,7 +38,7 @@ class ImagePatchDataModule(SyntheticDataModule):
     def __init__(self, seeds: list[int], *, dataset: str, root: str, download: bool,
                  classes: list[int] | None, image_size: int | None, normalize: str, grid: int,
                  d: int, n: int, n_test: int, labels: str, batch_size: int | None,
-                 max_steps: int, steps_per_batch: int = 1) -> None:
+                 max_steps: int, steps_per_batch: int) -> None:
         self.pools: dict[str, tuple[Tensor, Tensor]] = {}
         for stream, train in (("train", True), ("test", False)):
             images, y = subset(load(dataset, root, download, train), classes)
@@ -55,7 +55,7 @@ class ImagePatchDataModule(SyntheticDataModule):
                                   f"the {stream} split has {len(y)} images of these classes")
         self.num_classes = int(self.pools["train"][1].max()) + 1
         # Definition 3.1's noise settings do not apply: no noise is added (sigma_p = 0)
-        super().__init__(seeds, d=d, n=n, n_test=n_test, s=0, sigma_p=0.0, alpha=0.0,
+        super().__init__(seeds, d=d, n=n, n_test=n_test, s=0, sigma_p=0.0, alpha=0.0, v=None,
                          labels=labels, feature_position="fixed", patches=grid**2,
                          batch_size=batch_size, sparse=False, max_steps=max_steps,
                          steps_per_batch=steps_per_batch)

@@ -2,7 +2,7 @@
 
 :class:`StepCheckpoint` writes ``RUN_DIR/checkpoints/last.ckpt`` every ``run.checkpoint_every``
 steps and when a stop signal arrives: SIGTERM, or SIGUSR1 outside Slurm (under Slurm SIGUSR1 is
-the requeue signal, handled by ``adamgap.requeue``, which ends in the same SIGTERM path). Files
+the requeue signal, handled by ``runtime.requeue``, which ends in the same SIGTERM path). Files
 are written through :class:`AtomicCheckpointIO`: a temporary file renamed over the old one, so
 a kill mid-write leaves the previous checkpoint intact. A checkpoint holds what Lightning saves
 (weights, optimizer and scheduler state, step counter, loop progress, every callback's state:
@@ -41,6 +41,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from adamgap.lightning_internals import prepend_csv_rows, val_check_batch
 from adamgap.outputs import atomic_write
 
 # Lightning warns on every mid-epoch resume unless the loader has state_dict/load_state_dict.
@@ -106,7 +107,7 @@ class StepCheckpoint(Checkpoint):
         due = (self.every > 0 and step % self.every == 0) or self.agree_to_stop(trainer)
         if not due or step >= trainer.max_steps:
             return
-        if (batch_idx + 1) % getattr(trainer, "val_check_batch", float("inf")) == 0:
+        if (batch_idx + 1) % val_check_batch(trainer) == 0:
             self.pending = True  # Lightning evaluates after this hook: save after it
         else:
             self.save(trainer)
@@ -155,15 +156,14 @@ class StepCheckpoint(Checkpoint):
             signal.signal(signum, handler)
         self._handlers = {}
 
-    def mark_interrupted(self, summary: dict, step: int) -> dict:
-        """Status ``interrupted`` and the line that says how to go on."""
+    def mark_interrupted(self, rows: list[dict], step: int) -> list[dict]:
+        """Status ``interrupted`` and the line that says how to go on, in every replica's row."""
         error = (f"stopped by {self.requested or 'SIGTERM'} at step {step} (checkpoint: "
                  f"{f'step {self.saved_step}' if self.saved_step >= 0 else 'none'}); "
                  "continue with run.resume=true")
-        for row in summary.get("replicas", [summary]):
+        for row in rows:
             row.update(status="interrupted", error=error)
-        summary["status"] = "interrupted"
-        return summary
+        return rows
 
     # -- what, besides Lightning's own state ----------------------------------------------------
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
@@ -198,7 +198,5 @@ def restore_metrics(trainer: L.Trainer, run_dir: Path, step: int) -> None:
         return
     with open(stash, newline="") as f:
         rows = [row for row in csv.DictReader(f) if int(row["step"]) < step]
-    writer = csv_logger.experiment
-    writer.metrics[:0] = rows  # values stay the strings they were: the file reads the same
-    writer.save()
+    prepend_csv_rows(csv_logger, rows)  # values stay the strings they were: the file reads the same
     stash.unlink()

@@ -5,7 +5,7 @@ which may run anywhere: in the middle of a step, between the optimizer step and 
 counter, or, under DDP, while the other ranks wait in a collective
 (Lightning-AI/pytorch-lightning#21406). Here the handler only notes the signal; at the end of
 the next training step every rank agrees that one of them got it (a boolean all-reduce) and
-takes the run's SIGTERM path, where :class:`adamgap.checkpointing.StepCheckpoint` writes
+takes the run's SIGTERM path, where :class:`adamgap.runtime.checkpointing.StepCheckpoint` writes
 ``checkpoints/last.ckpt`` at that step (after the step's evaluation when one is due) and stops
 the run with Lightning's ``SIGTERMException``. Rank 0 then runs ``scontrol requeue`` as
 Lightning would; the restarted job keeps its job id, so ``slurm/train.sbatch`` finds the same

@@ -36,14 +36,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from adamgap.objective import replica_sums
+
 QUANTITIES = ("loss", "gradient", "weights")  # in the order a divergence propagates
-
-
-def replica_sums(tensors: list[Tensor], K: int) -> Tensor:
-    """(K,): the sum of every element of replica k in ``tensors``, each of which carries the
-    replica dimension first. Not finite when one element is not, and also (harmlessly: such a
-    run has diverged) when |values| near 1e33 overflow."""
-    return sum(x.detach().reshape(K, -1).sum(1) for x in tensors)
 
 
 class Diverged(Exception):
@@ -111,12 +106,9 @@ class DivergenceCallback(L.Callback):
             hint = f"optim.lr={self.lr:g} is likely too large for {self.optim_name}"
         return f"diverged at step {step} (seed {seed}): the {quantity} is not finite; {hint}"
 
-    def mark(self, summary: dict) -> dict:
+    def mark(self, rows: list[dict]) -> list[dict]:
         """Set status, ``diverged_step``, ``diverged_quantity`` and ``error`` of the diverged
-        replicas in a run summary (flat or with ``replicas``); non-finite numbers become null."""
-        if not self.messages:
-            return summary
-        rows = summary.get("replicas", [summary])
+        replicas' summary rows (``adamgap.summary``); their non-finite numbers become null."""
         first, what = self.first.tolist(), self.what.tolist()
         for k in sorted(self.messages):
             row = rows[k]
@@ -125,5 +117,4 @@ class DivergenceCallback(L.Callback):
                     row[key] = None
             row.update(status="diverged", diverged_step=first[k],
                        diverged_quantity=QUANTITIES[what[k]], error=self.messages[k])
-        summary["status"] = "diverged"
-        return summary
+        return rows

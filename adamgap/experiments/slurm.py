@@ -11,7 +11,7 @@ where), then submits
 - ``slurm/sweep.sbatch SWEEP_DIR`` as an array over the cells not finished yet
   (``--array=0,3,5%P``): task ``i`` runs ``scripts/sweep.py --dir SWEEP_DIR --cell i``, which
   resumes an interrupted cell from its checkpoint (a requeued task continues, see
-  ``adamgap/requeue.py``);
+  ``adamgap/runtime/requeue.py``);
 - ``slurm/aggregate.sbatch SWEEP_DIR`` with ``--dependency=afterany:<array>``: results.csv, the
   aggregate tables and the report once every task has ended, failed ones included;
 
@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adamgap.config import ConfigError
+from adamgap.errors import ConfigError
+from adamgap.experiments.cells import FINISHED, state
 from adamgap.outputs import write_json
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout: slurm/*.sbatch, scripts/
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: slurm/*.sbatch, scripts/
 # Slurm's time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
 
@@ -118,13 +119,11 @@ def submit_sweep(sweep_dir: Path, spec, cells: list, progress: Callable[[str], N
                  ) -> dict[int, str]:
     """Submit the array over the unfinished ``cells`` and the aggregation job after it.
     Returns each cell's state, ``submitted`` for the ones in the array."""
-    from adamgap import sweep
-
     s: SlurmSpec = spec.slurm
     validate(s)
     sweep_dir = Path(sweep_dir).resolve()
-    states = {c.index: sweep.state(sweep_dir, c) for c in cells}
-    todo = [i for i, state in states.items() if state not in sweep.FINISHED]
+    states = {c.index: state(sweep_dir, c) for c in cells}
+    todo = [i for i, now in states.items() if now not in FINISHED]
     if not todo:
         progress(f"sweep {sweep_dir}: every cell has finished; nothing to submit")
         return states
@@ -147,4 +146,4 @@ def submit_sweep(sweep_dir: Path, spec, cells: list, progress: Callable[[str], N
     write_json(logs / "jobs.json", {"array": array_id, "cells": todo, "aggregate": aggregate_id})
     progress(f"submitted job array {array_id} (cells {array}) and aggregation job "
              f"{aggregate_id} (after the array); logs in {logs}")
-    return {i: "submitted" if i in todo else state for i, state in states.items()}
+    return {i: "submitted" if i in todo else now for i, now in states.items()}

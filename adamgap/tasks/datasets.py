@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets as tv
 
-from adamgap.config import ConfigError
+from adamgap.config import DATASETS
+from adamgap.errors import ConfigError
 from adamgap.outputs import atomic_write
 
-DATASETS = {"fashion_mnist": tv.FashionMNIST, "mnist": tv.MNIST, "cifar10": tv.CIFAR10,
-            "cifar100": tv.CIFAR100}
-SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-          "cifar100": (3, 32, 32)}  # (C, H, W): lets the config be checked without the data
-NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+# each dataset's torchvision class (its shape and classes: config.DATASETS)
+TORCHVISION = {"fashion_mnist": tv.FashionMNIST, "mnist": tv.MNIST, "cifar10": tv.CIFAR10,
+               "cifar100": tv.CIFAR100}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -44,8 +43,9 @@ class ImageSplit:
 
 def load(name: str, root: str, download: bool = False, train: bool = True) -> ImageSplit:
     """The ``train`` (or test) split of dataset ``name`` under ``root`` (cached per process)."""
-    if name not in DATASETS:
-        raise ConfigError(f"data.dataset={name!r} is not allowed: one of {', '.join(DATASETS)}")
+    if name not in TORCHVISION:
+        raise ConfigError(f"data.dataset={name!r} is not allowed: one of "
+                          f"{', '.join(TORCHVISION)}")
     return _load(name, str(Path(root).expanduser()), download, train)
 
 
@@ -54,21 +54,22 @@ def _load(name: str, root: str, download: bool, train: bool) -> ImageSplit:
     if name == "fashion_mnist" and not download:
         _fashion_mnist_from_debian(Path(root))
     try:
-        ds = DATASETS[name](root, train=train, download=download)
+        ds = TORCHVISION[name](root, train=train, download=download)
         images = torch.as_tensor(ds.data)
         # MNIST-like data is (N, H, W); CIFAR's is (N, H, W, C)
         images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
         labels = torch.as_tensor(ds.targets, dtype=torch.long)
     except Exception as err:  # torchvision raises RuntimeError, pickle/IO/shape errors
         raise ConfigError(_missing(name, root, f"{type(err).__name__}: {err}")) from None
-    if images.shape[1:] != SHAPES[name] or len(images) != len(labels):
+    shape = DATASETS[name]
+    if images.shape[1:] != (shape.channels, shape.side, shape.side) or len(images) != len(labels):
         raise ConfigError(_missing(name, root, f"unexpected image shape {tuple(images.shape)}"))
     return ImageSplit(images.contiguous(), labels, tuple(ds.classes))
 
 
 def _missing(name: str, root: str, why: str) -> str:
-    cls = DATASETS[name].__name__
-    where = (f"{root}/{DATASETS[name].base_folder}" if hasattr(DATASETS[name], "base_folder")
+    cls = TORCHVISION[name].__name__
+    where = (f"{root}/{TORCHVISION[name].base_folder}" if hasattr(TORCHVISION[name], "base_folder")
              else f"{root}/{cls}/raw")
     how = "data.download=true on a machine with internet, or data.root=DIR holding it"
     if name == "fashion_mnist":
@@ -131,13 +132,6 @@ def to_float(images: Tensor, image_size: int | None = None) -> Tensor:
     if image_size is not None and image_size != x.shape[-1]:
         x = F.interpolate(x, size=(image_size, image_size), mode="area")
     return x
-
-
-def image_dim(name: str, image_size: int | None = None) -> int:
-    """D = C * H * W of dataset ``name`` after downscaling."""
-    c, h, _ = SHAPES[name]
-    side = image_size or h
-    return c * side * side
 
 
 def normalize(x: Tensor, mode: str, mean: Tensor | None = None) -> Tensor:

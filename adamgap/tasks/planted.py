@@ -28,7 +28,6 @@ import math
 import torch
 from torch import Tensor
 
-from adamgap.config import ConfigError
 from adamgap.data import (
     PatchSet,
     SyntheticDataModule,
@@ -36,7 +35,8 @@ from adamgap.data import (
     labels_and_positions,
     sparse_noise,
 )
-from adamgap.datasets import load, normalize, subset, to_float
+from adamgap.errors import ConfigError
+from adamgap.tasks.datasets import load, normalize, subset, to_float
 
 
 def dct_matrix(n: int) -> Tensor:
@@ -109,7 +109,7 @@ class PlantedDataModule(SyntheticDataModule):
                  feature_k: int | None, noise_coords: str, feature_noise: str, d: int, n: int,
                  n_test: int, s: int, sigma_p: float | None, alpha: float, labels: str,
                  feature_position: str, patches: int, batch_size: int | None,
-                 sparse: bool | None, max_steps: int, steps_per_batch: int = 1) -> None:
+                 sparse: bool | None, max_steps: int, steps_per_batch: int) -> None:
         self.noise_coords, self.feature_noise = noise_coords, feature_noise
         self.pools = {}
         for stream, train in (("train", True), ("test", False)):
@@ -132,7 +132,7 @@ class PlantedDataModule(SyntheticDataModule):
         if sigma_p is None and s == 0:
             sigma_p = 0.0  # no Gaussian noise at all: only the feature noise
         super().__init__(seeds, d=d, n=n, n_test=n_test, s=s, sigma_p=sigma_p, alpha=alpha,
-                         labels=labels, feature_position=feature_position, patches=patches,
+                         v=None, labels=labels, feature_position=feature_position, patches=patches,
                          batch_size=batch_size, sparse=sparse, max_steps=max_steps,
                          steps_per_batch=steps_per_batch)
         self.D = D

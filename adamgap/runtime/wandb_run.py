@@ -16,13 +16,15 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger  # imports wandb only when one is built
 from omegaconf import DictConfig, OmegaConf
 
-FIGURE_KEY = "figures/alignment"  # the Figure-2 image's media key (adamgap/wandb_report.py)
+from adamgap.summary import is_number, replicas_of
+
+FIGURE_KEY = "figures/alignment"  # the Figure-2 image's media key (analysis.wandb_report)
 
 
 def run_id(run_dir: str | Path) -> str:
@@ -34,7 +36,7 @@ def run_id(run_dir: str | Path) -> str:
 
 
 def sweep_of(run_dir: str | Path) -> str | None:
-    """The name of the sweep whose cell ``run_dir`` is, or None (see ``adamgap/sweep.py``)."""
+    """The name of the sweep whose cell ``run_dir`` is, or None (``experiments.cells``)."""
     run_dir = Path(run_dir).resolve()
     sweep_dir = run_dir.parent.parent
     if run_dir.parent.name == "cells" and (sweep_dir / "sweep.yaml").is_file():
@@ -53,8 +55,6 @@ def tags_of(cfg: DictConfig) -> list[str]:
 
 def build_logger(cfg: DictConfig, run_dir: Path):
     """Lightning's ``WandbLogger`` for this run, files under ``RUN_DIR/wandb``."""
-    from lightning.pytorch.loggers import WandbLogger
-
     w = cfg.logger.wandb
     return WandbLogger(project=w.project, entity=w.entity, group=group_of(cfg, run_dir),
                        tags=tags_of(cfg), name=w.name or f"{cfg.conf}-s{cfg.seed}",
@@ -63,28 +63,21 @@ def build_logger(cfg: DictConfig, run_dir: Path):
 
 
 def summary_metrics(summary: dict) -> dict:
-    """The run summary as W&B summary values: a single run's numbers as they are; for an
-    ensemble the mean over its replicas and every replica's value under ``seed<k>/``."""
+    """The run summary as W&B summary values: its top-level numbers (for an ensemble the
+    means over its replicas) and, for an ensemble, every replica's under ``seed<k>/``."""
     def numbers(row: dict) -> dict:
-        return {k: v for k, v in row.items() if isinstance(v, (int, float))
-                and not isinstance(v, bool) and math.isfinite(v) and k != "seed"}
+        return {k: v for k, v in row.items() if is_number(v) and k != "seed"}
 
-    out = {"status": summary.get("status", "completed")}
-    replicas = summary.get("replicas")
-    if replicas is None:
-        return out | numbers(summary)
-    for key in numbers(replicas[0]):
-        values = [r[key] for r in replicas if key in numbers(r)]
-        out[key] = sum(values) / len(values)
-    for r in replicas:
-        out |= {f"seed{r['seed']}/{k}": v for k, v in numbers(r).items()}
+    out = {"status": summary.get("status", "completed"), **numbers(summary)}
+    replicas = replicas_of(summary)
+    if len(replicas) > 1:
+        for r in replicas:
+            out |= {f"seed{r['seed']}/{k}": v for k, v in numbers(r).items()}
     return out
 
 
 def finish(loggers: list, summary: dict, run_dir: Path) -> None:
     """Rank 0, after training: summary metrics, the Figure-2 image, then close the W&B run."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue

@@ -26,8 +26,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from adamgap.config import ConfigError, load_run_config
+from adamgap.alignment import feature_learning, noise_memorization, summarize
+from adamgap.config import load_run_config, seeds_of
 from adamgap.data import PatchSet
+from adamgap.errors import ConfigError
+from adamgap.network import PatchCNN
+from adamgap.train import build_datamodule
 
 
 def direction(weight: Tensor) -> Tensor:
@@ -152,11 +156,8 @@ def load_weight(run_dir: str | Path) -> Tensor:
 def alignment_of(weight: Tensor, dm) -> dict[str, list[float]]:
     """Figure 2's feature learning and noise memorization of W on ``dm``'s training set, per
     replica (``adamgap.alignment``, through the linear patch network holding W)."""
-    from adamgap.alignment import feature_learning, noise_memorization, summarize
-    from adamgap.network import PatchCNN
-
     K, d, _, m = weight.shape
-    net = PatchCNN(d, m, seeds=range(K), linear=True)
+    net = PatchCNN(d, m, q=1.0, sigma_0=0.0, seeds=range(K), linear=True)
     with torch.no_grad():
         net.weight.copy_(weight)
         summary = summarize(feature_learning(net, dm.features),
@@ -184,8 +185,6 @@ def compare_runs(runs: dict[str, str | Path]) -> dict:
         if cfg.model.name != "linear" or not same:
             raise ConfigError(f"convex runs must be linear models on the same data and seeds: "
                               f"{runs[name]} differs from {runs['gd']}")
-    from adamgap.train import build_datamodule, seeds_of  # Lightning: imported when needed
-
     lam = float(base.optim.lam)
     dm = build_datamodule(base)
     dm.setup()

@@ -14,22 +14,30 @@ Each section appears when the sweeps hold what it needs:
   GD's 0.1 line up;
 - a sweep with one other grid key gives a **curve** per optimizer (e.g. over the batch size).
 
-Numbers are mean +- the half-width of the 95% t-interval over seeds (``sweep.mean_ci``).
+Numbers are mean +- the half-width of the 95% t-interval over seeds (``stats.mean_ci``).
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from adamgap import sweep as sw
+from adamgap import optimizers, provenance
 from adamgap.config import load_config
-from adamgap.outputs import atomic_write, write_text
+from adamgap.errors import ConfigError
+from adamgap.experiments.aggregate import results
+from adamgap.experiments.cells import FINISHED, cell_dir
+from adamgap.experiments.spec import SweepSpec, config_of, load, render
+from adamgap.experiments.stats import fmt, mean_ci
+from adamgap.figures import plot_figure2, pyplot, read_alignment, save
+from adamgap.outputs import write_text
+from adamgap.summary import is_number, read
 
 PAPER = {"Adam": (0.0, 0.884), "GD": (0.0, 0.0)}  # Table 1: (train error, test error)
 TABLE1 = ("Adam", "AdamW", "SGD", "GD", "signGD")
@@ -63,13 +71,13 @@ class Group:
     def stat(self, metric: str) -> tuple[float, float]:
         """(mean, 95% CI half-width) of ``metric`` over the finished seeds."""
         vals = [float(r[metric]) for r in self.rows
-                if r["status"] in sw.FINISHED and sw._is_number(r.get(metric))]
-        mean, _, ci = sw.mean_ci(vals)
+                if r["status"] in FINISHED and is_number(r.get(metric))]
+        mean, _, ci = mean_ci(vals)
         return mean, ci
 
     @property
     def seeds(self) -> int:
-        return sum(r["status"] in sw.FINISHED for r in self.rows)
+        return sum(r["status"] in FINISHED for r in self.rows)
 
     def axis(self, key: str) -> float:
         """The group's coordinate on ``key`` (a learning rate relative to the conf's own)."""
@@ -80,12 +88,11 @@ class Group:
 
 def optimizer_label(cfg: DictConfig) -> str:
     o = cfg.optim
-    names = {"gd": "GD", "adam": "Adam", "adamw": "AdamW", "signgd": "signGD"}
     if o.name == "sgd":
         batch = cfg.data.batch_size
         size = "" if batch in (None, cfg.data.n) else f" (batch {batch})"
         return (f"SGD+momentum {o.momentum:g}" if o.momentum > 0 else "SGD") + size
-    return names.get(o.name, o.name.rpartition(":")[2])
+    return optimizers.label(o.name)
 
 
 def side(test_error: float) -> str:
@@ -96,16 +103,16 @@ def side(test_error: float) -> str:
     return "GD's (learns the feature)" if test_error <= GD_SIDE else "in between"
 
 
-def load_groups(sweep_dir: Path) -> tuple[sw.SweepSpec, list[Group]]:
-    spec, cells = sw.load(sweep_dir)
-    rows = sw.results(sweep_dir)
+def load_groups(sweep_dir: Path) -> tuple[SweepSpec, list[Group]]:
+    spec, cells = load(sweep_dir)
+    rows = results(sweep_dir)
     groups: dict[tuple, Group] = {}
     for cell in cells:
         values = {k: v for k, v in cell.values.items() if k != "conf"}
-        key = (cell.conf, *map(sw.render, values.values()))
+        key = (cell.conf, *map(render, values.values()))
         if key not in groups:
             base = load_config(cell.conf, spec.overrides)
-            groups[key] = Group(sweep_dir, cell.conf, values, sw.config_of(cell, sweep_dir),
+            groups[key] = Group(sweep_dir, cell.conf, values, config_of(cell, sweep_dir),
                                 float(base.optim.lr))
         groups[key].cells.append(cell)
         groups[key].rows += [r for r in rows if r["cell"] == cell.id]
@@ -113,71 +120,25 @@ def load_groups(sweep_dir: Path) -> tuple[sw.SweepSpec, list[Group]]:
 
 
 # -- figures ---------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save(fig, path: Path) -> None:
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
-    _plt().close(fig)
-
-
-def curves(group: Group, keys=("feature_learning", "noise_memorization")) -> dict:
-    """Per step, mean and std over seeds of ``keys`` from the cells' ``alignment.csv``."""
-    per_step: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for cell in group.cells:
-        path = sw.cell_dir(group.sweep, cell) / "alignment.csv"
-        if not path.is_file():
-            continue
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                for k in keys:
-                    per_step[int(row["step"])][k].append(float(row[k]))
-    steps = sorted(per_step)
-    out = {"step": steps}
-    for k in keys:
-        stats = [sw.mean_ci(per_step[s][k]) for s in steps]
-        out[k] = ([m for m, _, _ in stats], [0.0 if math.isnan(sd) else sd for _, sd, _ in stats])
-    return out
-
-
-def figure2_curves(feature: str = "v") -> tuple[tuple[str, str, str], ...]:
-    """Figure 2's two curves, class +1, as (summary key, legend label, colour); ``feature`` is
-    the symbol of the class's feature direction (``v``; ``\\mu_{+1}`` on real images). Every
-    Figure-2 plot (runs, the report, real data) labels its curves from here."""
-    return (("feature_learning", rf"feature learning $\max_r\langle w_{{+1,r}}, {feature}\rangle$",
-             "tab:blue"),
-            ("noise_memorization", r"noise memorization $\mathrm{mean}_{y_i=+1}\max_r"
-             r"\langle w_{+1,r},\xi_i\rangle$", "tab:red"))
-
-
 def figure2(groups: list[Group], path: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), squeeze=False)
-    for ax, panel, g in zip(axes[0], "ab", groups, strict=False):
-        c = curves(g)
-        for key, name, color in figure2_curves():
-            mean, sd = c[key]
-            ax.plot(c["step"], mean, color=color, label=name)
-            low = [m - s for m, s in zip(mean, sd, strict=True)]
-            high = [m + s for m, s in zip(mean, sd, strict=True)]
-            ax.fill_between(c["step"], low, high, color=color, alpha=0.25, lw=0)
-        ax.axhline(0, color="gray", lw=0.6)
-        ax.set_title(f"({panel}) {g.label}, lr {g.cfg.optim.lr:g}: mean ± std of {g.seeds} "
-                     "seeds", fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    save(fig, path)
+    """Figure 2 of Adam and GD side by side: per step the mean over seeds, a +-1 std band."""
+    panels = []
+    for panel, g in zip("ab", groups, strict=False):
+        steps, values = [], {}
+        for cell in g.cells:  # every cell's seeds, in cell order
+            path_csv = cell_dir(g.sweep, cell) / "alignment.csv"
+            if path_csv.is_file():
+                steps, cell_values = read_alignment(path_csv)
+                for k, per_step in cell_values.items():
+                    values[k] = [a + b for a, b in zip(values[k], per_step, strict=True)] \
+                        if k in values else per_step
+        panels.append((f"({panel}) {g.label}, lr {g.cfg.optim.lr:g}: mean ± std of {g.seeds} "
+                       "seeds", steps, values))
+    plot_figure2(panels, path, "std")
 
 
 def bars(groups: list[Group], path: Path, title: str, paper: bool = False) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(groups) + 1.2))
     y = range(len(groups))
     stats = [g.stat("test_error") for g in groups]
@@ -208,7 +169,7 @@ def bars(groups: list[Group], path: Path, title: str, paper: bool = False) -> No
 def heatmaps(panels: list[tuple[str, dict]], xs: list, ys: list, xkey: str, ykey: str,
              path: Path) -> None:
     """One heatmap per (title, {(x, y): value}) on the grid xs x ys."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.4), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels, strict=True):
         grid = [[values.get((x, y), math.nan) for x in xs] for y in ys]
@@ -235,7 +196,7 @@ def _axis_name(key: str) -> str:
 
 # -- sections --------------------------------------------------------------------------------------
 def row_of(g: Group, *metrics: str) -> list[str]:
-    return [sw.fmt(*g.stat(m)) for m in metrics]
+    return [fmt(*g.stat(m)) for m in metrics]
 
 
 def settings_note(g: Group) -> str:
@@ -246,8 +207,6 @@ def settings_note(g: Group) -> str:
 
 
 def _get(cfg, key: str):
-    from omegaconf import OmegaConf
-
     return OmegaConf.select(cfg, key)
 
 
@@ -295,7 +254,7 @@ def optimizer_sections(groups: list[Group], out: Path) -> list[str]:
 
 
 def curve_section(key: str, groups: list[Group], out: Path, n: int) -> list[str]:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     lines = [f"## Test error over {key}", "", f"![{key}](curve_{n}.png)", "",
              f"| optimizer | {key} | seeds | train error | test error |", "|---|---|---|---|---|"]
@@ -377,7 +336,7 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
     head = ["# The Adam-GD generalization gap: report", "",
             "From `python scripts/report.py " + " ".join(map(str, sweep_dirs)) + "`.", "",
             "| sweep | conf | grid | seeds | cells | overrides |", "|---|---|---|---|---|---|"]
-    body, all_groups, optimizers = [], [], []
+    body, all_groups, league = [], [], []
     surfaces: dict = defaultdict(lambda: defaultdict(dict))
     n_curves = 0
     for d in sweep_dirs:
@@ -388,7 +347,7 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
         head.append(f"| {Path(d).name} | {spec.conf} | {grid} | {spec.seeds} | "
                     f"{sum(len(g.cells) for g in groups)} | {' '.join(spec.overrides) or '-'} |")
         if not keys:
-            optimizers += groups
+            league += groups
         elif len(keys) == 1:
             body += curve_section(keys[0], groups, out, n_curves)
             n_curves += 1
@@ -396,21 +355,19 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
             axes = tuple(sorted(keys, key=lambda k: k == "optim.lam"))  # lam on the y axis
             for g in groups:
                 surfaces[axes][g.label][(g.axis(axes[0]), g.axis(axes[1]))] = g
-    body = optimizer_sections(optimizers, out) + phase_sections(surfaces, out) + body
+    body = optimizer_sections(league, out) + phase_sections(surfaces, out) + body
+    runs = provenance.lines_of([summary for g in all_groups for c in g.cells
+                                if (summary := read(cell_dir(g.sweep, c))) is not None])
+    head[3:3] = [*(f"Runs: {line}." for line in runs), "",
+                 f"Report: {provenance.line(provenance.collect())}.", ""]
     text = "\n".join(head + [""] + body + failures(all_groups))
     write_text(out / "report.md", text)
     return out / "report.md"
 
 
-
 def main(argv: list[str]) -> int:
-    import argparse
-    import sys
-
-    from adamgap.config import ConfigError
-
     p = argparse.ArgumentParser(prog="report.py", description="Build report.md and PNGs from "
-                                "sweep directories (adamgap/report.py).")
+                                "sweep directories (adamgap/analysis/report.py).")
     p.add_argument("sweeps", nargs="+", help="sweep directories (scripts/sweep.py)")
     p.add_argument("--out", help="output directory (default: the first sweep directory)")
     args = p.parse_args(argv)

@@ -6,7 +6,7 @@
   ``run.replicas``), train/test error and the alignment at the end (mean ± 95% CI over seeds),
   the density ratios ``||mu||_1/||mu||_2`` and ``||xi||_1/||xi||_2``, and the alignment curves
   (Figure 2's quantities; ``<figures>/fmnist_patch_alignment.png``);
-- the phase diagram: a sweep (``adamgap/sweep.py``) over ``conf`` (an Adam and a GD config),
+- the phase diagram: a sweep (``scripts/sweep.py``) over ``conf`` (an Adam and a GD config),
   ``data.alpha``, ``data.feature_k`` and ``data.s``; per cell the Adam-minus-GD test-error gap,
   paired by seed (same data, same W(0)), with the alignment values that explain it
   (``<figures>/fmnist_phase.png``).
@@ -17,13 +17,16 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
-from adamgap.outputs import atomic_write
-from adamgap.report import figure2_curves
-from adamgap.sweep import fmt, mean_ci
+import numpy as np
+
+from adamgap.experiments.cells import cell_dir
+from adamgap.experiments.spec import load
+from adamgap.experiments.stats import fmt, mean_ci
+from adamgap.figures import plot_figure2, pyplot, read_alignment, save
+from adamgap.summary import read, replicas_of
 
 COLUMNS = (("train_error", "train error", 3), ("test_error", "test error", 3),
            ("feature_learning", "feature learning", 2),
@@ -31,19 +34,11 @@ COLUMNS = (("train_error", "train error", 3), ("test_error", "test error", 3),
            ("xi_l1_l2", "‖ξ‖₁/‖ξ‖₂", 1), ("mu_cosine", "cos(μ₊, μ₋)", 2))
 
 
-CURVES = figure2_curves(r"\mu_{+1}")  # Figure 2's curves, with the image's feature mu_{+1}
-
-
-def replicas_of(run_dir: Path) -> list[dict]:
-    """The per-seed rows of a finished run (one row for a single seed)."""
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    return summary.get("replicas", [summary])
+FEATURE = r"\mu_{+1}"  # Figure 2's feature direction here: the class-mean image of class +1
 
 
 def sweep_groups(sweep_dir: Path) -> dict[str, list[dict]]:
     """The finished seeds of a sweep (its ``results.csv``), grouped by conf and grid values."""
-    from adamgap.sweep import load
-
     spec, _ = load(sweep_dir)
     keys = [k for k in spec.grid if k != "conf"]
     groups: dict[str, list[dict]] = {}
@@ -73,26 +68,12 @@ def summary_table(groups: dict[str, list[dict]]) -> str:
 def plot_alignment_curves(runs: dict[str, Path], path: Path) -> None:
     """Feature learning and noise memorization vs iteration, one panel per optimizer: the mean
     over seeds and the band from the lowest to the highest seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), sharey=True)
-    for ax, (name, run_dir) in zip(np.atleast_1d(axes), runs.items(), strict=True):
-        with open(Path(run_dir) / "alignment.csv") as f:
-            rows = list(csv.DictReader(f))
-        steps = sorted({int(r["step"]) for r in rows})
-        for key, label, color in CURVES:
-            v = np.array([[float(r[key]) for r in rows if int(r["step"]) == s] for s in steps])
-            ax.plot(steps, v.mean(1), color=color, label=label)
-            ax.fill_between(steps, v.min(1), v.max(1), color=color, alpha=0.2)
-        ax.axhline(0.0, color="gray", lw=0.6)
-        ax.set_title(f"{name} ({v.shape[1]} seeds)", fontsize=9)
-        ax.set_xlabel("iteration")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    _save(fig, path)
+    panels = []
+    for name, run_dir in runs.items():
+        steps, values = read_alignment(Path(run_dir) / "alignment.csv")
+        seeds = len(values["feature_learning"][0])
+        panels.append((f"{name} ({seeds} seeds)", steps, values))
+    plot_figure2(panels, path, "range", FEATURE, sharey=True)
 
 
 def phase_rows(results_csv: Path) -> list[dict]:
@@ -125,8 +106,6 @@ def phase_rows(results_csv: Path) -> list[dict]:
 
 def phase_cell_dirs(sweep_dir: Path, row: dict) -> dict[str, Path]:
     """The Adam and GD run directories of one phase-diagram point (``phase_rows`` row)."""
-    from adamgap.sweep import cell_dir, load
-
     _, cells = load(sweep_dir)
     out = {}
     for cell in cells:
@@ -165,12 +144,7 @@ def phase_table(rows: list[dict]) -> str:
 def plot_phase(rows: list[dict], path: Path) -> None:
     """One heatmap per alpha: the gap over feature density (columns) and noise density (rows),
     each cell annotated with the gap and its 95% CI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = pyplot()
     alphas = sorted({r["alpha"] for r in rows})
     ks = sorted({r["feature_k"] for r in rows}, key=_k)
     ss = sorted({r["s"] for r in rows})
@@ -196,15 +170,7 @@ def plot_phase(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(r"noise: s, $\|\xi\|_1/\|\xi\|_2$", fontsize=8)
         ax.set_title(f"alpha = {alpha:g}: Adam − GD test error", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8)
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"),
-                 binary=True)
-    plt.close(fig)
+    save(fig, path, tight=True)
 
 
 def section(runs: dict[str, Path], phase_sweep: Path | None, figures: Path,
@@ -214,7 +180,7 @@ def section(runs: dict[str, Path], phase_sweep: Path | None, figures: Path,
     entry of ``patch_sweeps`` (title -> sweep directories, e.g. the images-as-patches runs).
     Writes the PNGs under ``figures``; returns the markdown."""
     figures = Path(figures)
-    groups = {name: replicas_of(run_dir) for name, run_dir in runs.items()}
+    groups = {name: replicas_of(read(run_dir)) for name, run_dir in runs.items()}
     parts = ["### Planted Fashion-MNIST at the family defaults\n", summary_table(groups), ""]
     plot_alignment_curves(runs, figures / "fmnist_patch_alignment.png")
     parts.append(f"![alignment curves]({figures.name}/fmnist_patch_alignment.png)\n")

@@ -2,8 +2,8 @@
 
 ``verify`` trains (or reuses) five runs per seed group, all from the conf files:
 
-    synthetic_adam, synthetic_gd      Theorem 4.1 and Lemmas 5.2-5.8 (``adamgap.theory``)
-    convex_adam, convex_gd            Theorem 4.2 against the L-BFGS minimiser (``adamgap.convex``)
+    synthetic_adam, synthetic_gd      Theorem 4.1 and Lemmas 5.2-5.8 (``theory.claims``)
+    convex_adam, convex_gd            Theorem 4.2 against the L-BFGS minimiser (``theory.convex``)
     convex_adamw, convex_signgd       outside the theorems: reported, not judged
 
 Consecutive seeds train as one K-replica ensemble (``run.replicas``). Overrides apply to every
@@ -17,14 +17,20 @@ the convex numbers, the runs) and ``details.json`` (the per-seed numbers behind 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from adamgap.config import ConfigError, load_config, load_run_config
+import torch
+
+from adamgap import preflight, provenance, train
+from adamgap.config import load_config, load_run_config
+from adamgap.errors import ConfigError
 from adamgap.outputs import write_json, write_text
-from adamgap.theory import Verdict, check_all, load_trajectories
+from adamgap.summary import read
+from adamgap.theory.claims import Verdict, check_all, load_trajectories
+from adamgap.theory.convex import compare_runs
 
 JUDGED = ("synthetic_adam", "synthetic_gd", "convex_adam", "convex_gd")
 REPORTED = ("convex_adamw", "convex_signgd")  # outside the theorems: shown, never failed
@@ -104,25 +110,22 @@ def train_missing(have: dict[str, list[Path]], seeds: list[int], overrides: list
         for first, count in seed_groups(seeds):
             last = first + count - 1
             run_dir = run_root / (f"{role}-s{first}" if count == 1 else f"{role}-s{first}-{last}")
-            plan.append((role, run_dir, load_config(role, [
-                *overrides_for(role, overrides, quick, steps), f"seed={first}",
-                f"run.replicas={count}", f"run.dir={run_dir}"])))
-    if plan:
-        from adamgap.train import run  # Lightning: imported only when training
-
+            cfg = load_config(role, [*overrides_for(role, overrides, quick, steps),
+                                     f"seed={first}", f"run.replicas={count}",
+                                     f"run.dir={run_dir}"])
+            preflight.check(cfg)
+            plan.append((role, run_dir, cfg))
     for role, run_dir, cfg in plan:
         print(f"[verify] training {role}, seeds {cfg.seed}..{cfg.seed + cfg.run.replicas - 1}"
               f" -> {run_dir}", file=sys.stderr, flush=True)
-        run(cfg)
+        train.run(cfg)
         runs[role].append(run_dir)
     return runs
 
 
 def compare_convex(runs: dict[str, list[Path]]) -> dict | None:
-    """Theorem 4.2's comparison (``adamgap.convex.compare_runs``), over every seed group: the
+    """Theorem 4.2's comparison (``theory.convex.compare_runs``), over every seed group: the
     convex runs are paired by their seeds; the per-seed lists are concatenated."""
-    from adamgap.convex import compare_runs
-
     if not runs["convex_adam"] or not runs["convex_gd"]:
         return None
 
@@ -159,7 +162,7 @@ def verify(seeds: list[int] = (0, 1, 2), steps: int | None = None,
            overrides: list[str] = (), runs: list[str] = (), out: str | Path | None = None,
            quick: bool = False, run_root: str | Path | None = None,
            command: str = "") -> tuple[list[Verdict], dict]:
-    """Check every claim (``adamgap.theory.check_all``); write the outputs into ``out``.
+    """Check every claim (``theory.claims.check_all``); write the outputs into ``out``.
 
     ``runs``: existing run directories, each used for the role its config says (see
     ``role_of``); the roles they do not fill are trained under ``run_root`` (default
@@ -175,7 +178,9 @@ def verify(seeds: list[int] = (0, 1, 2), steps: int | None = None,
     gd = [t for d in all_runs["synthetic_gd"] for t in load_trajectories(d)]
     convex = compare_convex(all_runs)
     verdicts = check_all(adam, gd, convex)
-    details = {"command": command, "quick": quick, "git": _git_commit(),
+    runs_provenance = provenance.lines_of([read(d) for dirs in all_runs.values() for d in dirs])
+    details = {"command": command, "quick": quick, "git": provenance.git_commit(),
+               "provenance": runs_provenance,
                "runs": {role: [str(d) for d in dirs] for role, dirs in all_runs.items()},
                "values": {v.claim: v.values for v in verdicts}, "convex": convex}
     if out is not None:
@@ -184,14 +189,6 @@ def verify(seeds: list[int] = (0, 1, 2), steps: int | None = None,
         write_json(out / "details.json", details)
         write_text(out / "verdicts.md", markdown(verdicts, details))
     return verdicts, details
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -243,8 +240,9 @@ def markdown(verdicts: list[Verdict], details: dict) -> str:
     """``verdicts.md``: the table, why each verdict, the convex numbers, the runs."""
     setting = "quick (reduced)" if details["quick"] else "paper (Section 6)"
     parts = ["# Theory vs experiment: verdicts", "",
-             f"Setting: {setting}. Command: `{details['command'] or 'adamgap.verify.verify'}`"
+             f"Setting: {setting}. Command: `{details['command'] or 'theory.verify.verify'}`"
              + (f" (git {details['git']})" if details.get("git") else "") + ".", "",
+             *(f"Runs: {line}." for line in details.get("provenance", [])), "",
              table(verdicts), "", "## Why", ""]
     parts += [f"- {v.claim} ({v.reference}): {v.explanation}." for v in verdicts]
     if details.get("convex"):
@@ -276,11 +274,7 @@ def main(argv: list[str]) -> int:
     args.overrides += [r for r in args.runs if "=" in r and not Path(r).exists()]
     args.runs = [r for r in args.runs if r not in args.overrides]
     if args.quick:  # tiny problems: intra-op threads only add overhead (and oversubscribe)
-        import torch
-
         torch.set_num_threads(1)
-    import logging
-
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep the table readable
     try:
         verdicts, _ = verify(args.seeds, args.steps, args.overrides, args.runs, args.out,

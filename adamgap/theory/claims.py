@@ -16,7 +16,7 @@ Claims (Section 4 theorems, Section 5 lemmas):
 - Lemmas 5.6 / 5.7: GD's feature learning reaches a constant and stays; noise stays near init.
 - Lemma 5.5 / 5.8: Adam's final gradient is small in l1, GD's in l2.
 - Theorem 4.2: on the convex (linear) model Adam and GD reach the same solution
-  (see ``adamgap.convex`` for the measurement).
+  (see ``adamgap.theory.convex`` for the measurement).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from adamgap.config import ConfigError, load_run_config
+from adamgap.config import load_run_config
+from adamgap.errors import ConfigError
+from adamgap.summary import replicas_of
 
 # -- thresholds (the claims' numbers) ---------------------------------------------------------
 ADAM_TEST_ERROR_MIN = 0.5  # Theorem 4.1: no better than a random guess
@@ -89,7 +91,7 @@ def load_trajectories(run_dir: str | Path) -> list[Trajectory]:
     except (OSError, ValueError) as err:
         raise ConfigError(f"run directory {run_dir} lacks readable results: {err}") from None
     out = []
-    for entry in summary.get("replicas", [summary]):
+    for entry in replicas_of(summary):
         mine = [r for r in rows if int(r["seed"]) == entry["seed"]]
         out.append(Trajectory(
             seed=entry["seed"], cfg=cfg, summary=entry,
@@ -345,7 +347,7 @@ def gd_noise_bounded(gd: list[Trajectory]) -> Verdict:
 def convex_same_solution(comparison: dict | None) -> Verdict:
     """Theorem 4.2: on the strongly convex linear objective Adam and GD converge to the unique
     minimiser W*: both within ``CONVEX_DISTANCE_MAX`` relative distance of the L-BFGS reference
-    and of each other (``comparison`` from ``adamgap.convex.compare_runs``)."""
+    and of each other (``comparison`` from ``theory.convex.compare_runs``)."""
     claim, ref = "Convex: Adam and GD reach the same (unique) minimiser", "Theorem 4.2"
     predicted = f"relative distances <= {CONVEX_DISTANCE_MAX:g}"
     if not comparison:

@@ -1,7 +1,7 @@
 """A W&B report for one sweep group (``wandb-workspaces``): the gap table, Figure 2 per
 optimizer, phase diagrams.
 
-The report reads what the runs logged (``adamgap/wandb_run.py``): runs grouped by sweep, the
+The report reads what the runs logged (``adamgap/runtime/wandb_run.py``): runs grouped by sweep, the
 config (``optim.name``, ``data.alpha``, ...), summary metrics (``test_error``, ...), the
 alignment curves ``align/feature_learning`` and ``align/noise_memorization`` against
 ``trainer/global_step``, and the Figure-2 image. Given the sweep directory it also carries the
@@ -21,10 +21,11 @@ from pathlib import Path
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
-from adamgap.wandb_run import FIGURE_KEY
+from adamgap.experiments.spec import config_of, load
+from adamgap.runtime.wandb_run import FIGURE_KEY
 
 CURVES = ("align/feature_learning", "align/noise_memorization")  # Figure 2, class +1
-# phase diagrams without a sweep directory: the issue's (alpha, s) and (lambda, lr)
+# phase diagrams without a sweep directory: over (alpha, s) and over (lambda, lr), as in the report
 DEFAULT_PHASES = (("data.alpha", "data.s"), ("optim.lam", "optim.lr"))
 BY_OPTIMIZER = "config.optim.name"
 
@@ -41,11 +42,9 @@ def runset(entity: str, project: str, group: str, optimizer: str | None = None) 
 def sweep_facts(sweep_dir: str | Path) -> tuple[list[str], dict[str, list], list[dict]]:
     """From a sweep directory: its optimizers (grid order), its grid other than ``conf`` and
     the rows of its ``aggregate.csv`` (none before aggregation), each with ``optim``."""
-    from adamgap import sweep
-
     sweep_dir = Path(sweep_dir)
-    spec, cells = sweep.load(sweep_dir)
-    optim_of = {c.conf: sweep.config_of(c, sweep_dir).optim.name for c in cells}
+    spec, cells = load(sweep_dir)
+    optim_of = {c.conf: config_of(c, sweep_dir).optim.name for c in cells}
     rows = []
     if (sweep_dir / "aggregate.csv").is_file():
         with open(sweep_dir / "aggregate.csv", newline="") as f:

@@ -27,7 +27,8 @@ from typing import IO
 
 from omegaconf import DictConfig, OmegaConf
 
-from adamgap.config import ConfigError
+from adamgap.errors import ConfigError
+from adamgap.summary import read as read_summary
 
 try:
     import fcntl
@@ -35,18 +36,11 @@ except ImportError:  # not POSIX: no lock, the other checks still hold
     fcntl = None
 
 LOCK = "run.lock"
-FINISHED = ("completed", "diverged")
+FINISHED = ("completed", "diverged")  # a result (a divergence is one): never run again
 # settings that may change when a run is resumed: how it is watched, not what it computes
 RESUMABLE_CHANGES = ("run.resume", "run.dir", "trainer.progress_bar", "logger.")
 
 _held: dict[Path, IO] = {}  # the locks this process holds, by resolved run directory
-
-
-def summary_of(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def inspect(run_dir: Path) -> str:
@@ -55,7 +49,7 @@ def inspect(run_dir: Path) -> str:
         return "new"
     if holder(run_dir) is not None:
         return "running"
-    summary = summary_of(run_dir)
+    summary = read_summary(run_dir)
     if summary is not None and "status" in summary:
         return str(summary["status"])
     return "unfinished" if (run_dir / "config.yaml").is_file() else "foreign"
@@ -108,7 +102,7 @@ def claim(cfg: DictConfig, run_dir: Path) -> dict | None:
             raise ConfigError(refusal(run_dir, state))
         if state in FINISHED:
             release(run_dir)
-            return summary_of(run_dir)
+            return read_summary(run_dir)
         if state == "foreign":
             raise ConfigError(refusal(run_dir, state))
         if state != "new":

@@ -82,6 +82,12 @@ class OptimConfig:
     momentum: float = 0.0  # sgd
     nesterov: bool = False  # sgd
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for other classes
+    # (their own weight decay is off unless kwargs.weight_decay sets it: adamgap/optimizers)
+    lrs: list[float] | None = None  # one ensemble over step sizes: replica (i, k) trains seed
+    # seed + k at lrs[i] (K = len(lrs) x run.replicas; optim.lr unused); null -> optim.lr for all
+    layout: str | None = None  # ensemble: W is one (K, d, 2, m) tensor (elementwise optimizers)
+    # | replicas: one (2m, d) matrix and one optimizer per replica; null -> ensemble for gd, sgd,
+    # adam, adamw, signgd without lrs, else replicas (adamgap/optimizers/replicas.py)
     schedule: str = "constant"  # constant | cosine | step
     step_size: int = 1000  # step schedule: decay every step_size steps ...
     gamma: float = 0.1  # ... by this factor
@@ -385,6 +391,19 @@ def _validate_optim(cfg: DictConfig) -> None:
            "constant | cosine | step", cfg)
     _check(o.name != "gd" or cfg.data.batch_size in (None, cfg.data.n), "data.batch_size",
            "null or n with optim.name=gd (full batch); use optim.name=sgd for mini-batches", cfg)
+    _check(o.lrs is None or (len(o.lrs) > 0 and all(lr > 0 and math.isfinite(lr) for lr in o.lrs)),
+           "optim.lrs", "null or a non-empty list of numbers > 0", cfg)
+    _check(o.layout in (None, "ensemble", "replicas"), "optim.layout",
+           "null | ensemble | replicas", cfg)
+    _check(o.lrs is None or o.layout != "ensemble", "optim.layout",
+           "replicas or null with optim.lrs (one step size per replica's optimizer)", cfg)
+    images = cfg.model.name == "resnet18"
+    _check(not images or (o.layout is None and o.lrs is None), "optim.layout" if o.layout
+           else "optim.lrs", "null with model.name=resnet18 (one network, its own parameters)",
+           cfg)
+    _check(o.layout != "replicas" or cfg.trainer.precision not in ("16-mixed", "16"),
+           "optim.layout", f"ensemble or null with trainer.precision={cfg.trainer.precision} "
+           "(the replicas' optimizers step outside Lightning's loss scaling)", cfg)
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
@@ -440,8 +459,19 @@ def world_size(t: DictConfig) -> int:
 
 
 def seeds_of(cfg: DictConfig) -> list[int]:
-    """The replicas' seeds: seed, seed + 1, ..., seed + K - 1."""
-    return [cfg.seed + k for k in range(cfg.run.replicas)]
+    """The replicas' seeds: seed, seed + 1, ..., seed + R - 1 (R = run.replicas), once per step
+    size of ``optim.lrs`` when it is set (common random numbers: every step size sees the same
+    seeds)."""
+    seeds = [cfg.seed + k for k in range(cfg.run.replicas)]
+    return seeds * len(cfg.optim.lrs) if cfg.optim.lrs is not None else seeds
+
+
+def lrs_of(cfg: DictConfig) -> list[float]:
+    """Each replica's step size, in the order of :func:`seeds_of`."""
+    R = cfg.run.replicas
+    if cfg.optim.lrs is None:
+        return [float(cfg.optim.lr)] * R
+    return [float(lr) for lr in cfg.optim.lrs for _ in range(R)]
 
 
 def _step_periods(cfg: DictConfig) -> list[tuple[str, int]]:

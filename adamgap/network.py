@@ -6,7 +6,15 @@
     w_{j,r}(0) ~ N(0, sigma_0^2 I_d), no biases, second layer fixed.
 
 One module holds K independent replicas (an ensemble over seeds): replica k's filters are
-initialised from its own seed, exactly as a single run with that seed would be.
+initialised from its own seed, exactly as a single run with that seed would be. How the
+replicas' weights are held (``layout``) is what an optimizer sees:
+
+``ensemble``  one parameter W (K, d, C, m): the fastest for elementwise optimizers, which
+              treat its K blocks as K runs;
+``replicas``  one parameter per replica, its (C m, d) matrix: the weight of the patch
+              convolution (C m output channels, kernel d) that a real CNN would give a matrix
+              optimizer. ``weight`` is then their (K, d, C, m) stack (differentiable), and the
+              state dict still holds ``weight``, so files and checkpoints read the same.
 """
 
 from __future__ import annotations
@@ -65,32 +73,63 @@ class _SparsePatchSum(torch.autograd.Function):
         return sparse_patch_sums_grad(ctx.x, slope, ctx.q, dF, ctx.shape), None, None
 
 
+LAYOUTS = ("ensemble", "replicas")
+
+
 class PatchCNN(nn.Module):
     """K replicas of the patch CNN; ``forward`` returns f (K, B). With ``classes`` C > 2 (one
-    filter group per class, for multi-class image patches) it returns the logits F_j (K, B, C)."""
+    filter group per class, for multi-class image patches) it returns the logits F_j (K, B, C).
+    ``layout``: how the replicas' weights are held (module docstring)."""
 
     def __init__(self, d: int, m: int, q: float, sigma_0: float,
                  seeds: list[int] | tuple[int, ...] | range, linear: bool = False,
-                 classes: int = 2) -> None:
+                 classes: int = 2, layout: str = "ensemble") -> None:
         super().__init__()
-        self.d, self.m, self.q, self.linear = d, m, q, linear
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: one of {', '.join(LAYOUTS)}")
+        self.d, self.m, self.q, self.linear, self.layout = d, m, q, linear, layout
         self.classes, self.replicas = classes, len(seeds)
         # Stored feature-major, (K, d, C, m) with C = 2 classes: a sparse patch product is then a
         # plain sparse-dense matmul against a (K*d, Cm) matrix. ``filters``: the (K, C, m, d) view.
         w0 = torch.stack([torch.randn(classes, m, d, generator=generator(k, "init"))
-                          for k in seeds])
-        self.weight = nn.Parameter((sigma_0 * w0).permute(0, 3, 1, 2).contiguous())
+                          for k in seeds]) * sigma_0  # (K, C, m, d)
+        if layout == "ensemble":
+            self.weight = nn.Parameter(w0.permute(0, 3, 1, 2).contiguous())
+        else:
+            self.replica_weights = nn.ParameterList(
+                [nn.Parameter(w.reshape(classes * m, d).clone()) for w in w0])  # K x (C m, d)
+            self.register_state_dict_post_hook(_stacked_state)
+            self.register_load_state_dict_pre_hook(_split_state)
         self.register_buffer("class_sign", torch.tensor([1.0, -1.0]), persistent=False)
+
+    @property
+    def weight(self) -> Tensor:
+        """W as (K, d, C, m): the parameter (``ensemble``), or the stack of the replicas' (C m, d)
+        matrices (``replicas``: a new differentiable tensor on every access)."""
+        if self.layout == "ensemble":
+            if "weight" not in self._parameters:  # before __init__ registers it
+                raise AttributeError("weight")
+            return self._parameters["weight"]
+        K, C, m, d = self.replicas, self.classes, self.m, self.d
+        # each (C m, d) matrix transposed into a contiguous (K, d, C m) stack: the products
+        # then run exactly as on the ensemble's parameter (same kernels, same sums)
+        return torch.stack([w.t() for w in self.replica_weights]).view(K, d, C, m)
 
     @property
     def filters(self) -> Tensor:
         """W as (K, 2, m, d): ``filters[k, 0, r]`` is w_{+1,r}, ``filters[k, 1, r]`` is w_{-1,r}."""
         return self.weight.permute(0, 2, 3, 1)
 
-    def activations(self, x: Tensor | SparsePatches) -> Tensor:
+    def replica_view(self, k: int) -> Tensor:
+        """Replica k's W as a one-replica (1, d, C, m) view of its parameter (``replicas``)."""
+        C, m, d = self.classes, self.m, self.d
+        return self.replica_weights[k].view(C, m, d).permute(2, 0, 1)[None]
+
+    def activations(self, x: Tensor | SparsePatches, weight: Tensor | None = None) -> Tensor:
         """``<w_{j,r}, x_p>`` for every replica, example, patch, class, filter: (K, B, P, C, m)."""
-        K, d, _, m = self.weight.shape
-        z = project(x, self.weight.view(K, d, -1))  # (K, B, P, C m)
+        weight = self.weight if weight is None else weight
+        K, d, _, m = weight.shape
+        z = project(x, weight.reshape(K, d, -1))  # (K, B, P, C m)
         return z.view(*z.shape[:-1], self.classes, m)
 
     def sigma(self, z: Tensor) -> Tensor:
@@ -98,23 +137,52 @@ class PatchCNN(nn.Module):
             return z
         return torch.relu(z).pow(self.q)
 
-    def forward(self, x: Tensor | SparsePatches) -> Tensor:
-        if isinstance(x, SparsePatches):
-            F = _SparsePatchSum.apply(self.weight, x, None if self.linear else self.q)
+    def forward(self, x: Tensor | SparsePatches, weight: Tensor | None = None,
+                twice: bool = False) -> Tensor:
+        """f (K, B) of the network, or with ``weight`` (K', d, C, m) of those weights (e.g. one
+        replica's). ``twice``: through plain products, ReLU and power only, so that the
+        gradient is itself differentiable (Hessian-vector products; the custom node's backward
+        is not)."""
+        weight = self.weight if weight is None else weight
+        if isinstance(x, SparsePatches) and not twice:
+            F = _SparsePatchSum.apply(weight, x, None if self.linear else self.q)
+        elif isinstance(x, SparsePatches):
+            K, d, C, m = weight.shape
+            z = (x.matrix @ weight.reshape(K * d, C * m)).view(*x.shape[:3], C, m)
+            F = self.sigma(z).sum(dim=(2, 4))
         else:
-            F = self.sigma(self.activations(x)).sum(dim=(2, 4))  # (K, B, C): F_{+1}, F_{-1}, ..
+            F = self.sigma(self.activations(x, weight)).sum(dim=(2, 4))  # (K, B, C)
         return F @ self.class_sign if self.classes == 2 else F  # F_{+1} - F_{-1}: one node
 
     @torch.no_grad()
-    def forward_with_vjp(self, x: SparsePatches) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """``forward(x)`` for sparse x without an autograd graph, and the function that maps a
-        cotangent of the output to the weight gradient (as ``torch.func.vjp`` would, minus
-        autograd's bookkeeping, which at the paper's sizes costs more than the arithmetic)."""
+    def forward_with_vjp(self, x: SparsePatches, weight: Tensor | None = None
+                         ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``forward(x, weight)`` for sparse x without an autograd graph, and the function that
+        maps a cotangent of the output to the weight gradient (K, d, C, m) (as
+        ``torch.func.vjp`` would, minus autograd's bookkeeping, which at the paper's sizes
+        costs more than the arithmetic)."""
+        weight = self.weight if weight is None else weight
         q = None if self.linear else self.q
-        F, slope = sparse_patch_sums(self.weight, x, q)
-        shape = self.weight.shape
+        F, slope = sparse_patch_sums(weight, x, q)
+        shape = weight.shape
         if self.classes != 2:
             return F, lambda dF: sparse_patch_sums_grad(x, slope, q, dF, shape)
         sign = self.class_sign
         return F @ sign, lambda df: sparse_patch_sums_grad(x, slope, q, df[..., None] * sign,
                                                             shape)
+
+
+def _stacked_state(module: PatchCNN, state: dict, prefix: str, local_metadata) -> None:
+    """``replicas`` layout: the state dict holds ``weight`` (K, d, C, m), as the ensemble's."""
+    for k in range(module.replicas):
+        state.pop(f"{prefix}replica_weights.{k}")
+    state[f"{prefix}weight"] = module.weight.detach().contiguous()
+
+
+def _split_state(module: PatchCNN, state: dict, prefix: str, *args) -> None:
+    """``replicas`` layout: a state dict's ``weight`` (K, d, C, m) into the replicas' matrices."""
+    weight = state.pop(f"{prefix}weight", None)
+    if weight is not None:
+        K, C, m, d = module.replicas, module.classes, module.m, module.d
+        for k, w in enumerate(weight.permute(0, 2, 3, 1).reshape(K, C * m, d)):
+            state[f"{prefix}replica_weights.{k}"] = w

@@ -122,7 +122,7 @@ def objective_and_gradient(net: nn.Module, x, y: Tensor, lam: float, params: lis
     3.1); None otherwise (then autograd it is)."""
     if not isinstance(net, PatchCNN) or net.classes != 2 or not isinstance(x, SparsePatches):
         return None
-    f, vjp = net.forward_with_vjp(x)
+    f, vjp = net.forward_with_vjp(x, params[0])  # params: [W], W as (K, d, C, m)
     value, margin = logistic_l2(f, y, lam, params)
     df, (dw,) = logistic_l2_grad(margin, y, lam, params)
     grad = vjp(df)

@@ -33,7 +33,8 @@ def _check_optimizer(cfg: DictConfig) -> None:
         resolve_optimizer_class(cfg.optim.name)
     except ValueError:
         raise ConfigError(f"optim.name={cfg.optim.name!r} is not allowed: "
-                          f"{' | '.join(OPTIMIZERS)}, a torch.optim class or module:Class"
+                          f"{' | '.join(OPTIMIZERS)}, a torch.optim class, a pytorch-optimizer "
+                          "name or module:Class"
                           ) from None
 
 

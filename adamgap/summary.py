@@ -8,11 +8,12 @@
      "test_error": 0.9514, ...      # every metric: K = 1 the run's value, K > 1 the mean over
                                     # the replicas where it is a finite number
      "error": "...",                # only when a replica stopped early: the first one's line
-     "replicas": [{"seed": 0, "status": "completed", "steps": ..., "wall_seconds": ...,
+     "replicas": [{"seed": 0, "lr": 1e-4, "status": "completed", "steps": ..., "wall_seconds": ...,
                    "train_error": ..., "test_error": ..., "train_loss": ..., "test_loss": ...,
                    "grad_l2": ..., "grad_l1": ..., "feature_learning": ...,
                    "feature_learning_init": ..., ..., "diverged_step"?: ..., "error"?: ...}],
-     "provenance": {...}}           # adamgap.provenance: commit, versions, host
+     "provenance": {...},           # adamgap.provenance: commit, versions, host
+     "optimizer": {...}}            # train.optimizer_record: class, package, version, layout
 
 ``replicas`` is always there (one entry for K = 1). Summaries written before it was, flat rows
 of one seed, still read back through :func:`replicas_of`.
@@ -27,7 +28,7 @@ from typing import Any
 
 STATUSES = ("completed", "diverged", "interrupted")  # a run's status is its worst replica's
 # per-replica numbers that are facts of the run, not metrics to average
-NOT_AVERAGED = ("seed", "steps", "wall_seconds", "diverged_step")
+NOT_AVERAGED = ("seed", "lr", "steps", "wall_seconds", "diverged_step")
 
 
 def is_number(x: Any) -> bool:

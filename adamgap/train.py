@@ -22,9 +22,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from adamgap import preflight, provenance, summary
+from adamgap import optimizers, preflight, provenance, summary
 from adamgap.alignment import AlignmentCallback
-from adamgap.config import TASKS, seeds_of, steps_per_batch, to_yaml
+from adamgap.config import TASKS, lrs_of, seeds_of, steps_per_batch, to_yaml
 from adamgap.data import SyntheticDataModule
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
@@ -97,9 +97,23 @@ def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
         net = ResNetClassifier(dm.num_classes, dm.channels, cfg.seed)
     else:
         net = PatchCNN(dm.d, mo.m, mo.q, mo.sigma_0, seeds_of(cfg), linear=mo.name == "linear",
-                       classes=getattr(dm, "num_classes", 2))
+                       classes=getattr(dm, "num_classes", 2), layout=layout_of(cfg))
     return GapModule(net, OmegaConf.to_container(cfg.optim), cfg.trainer.max_steps,
-                     cfg.trainer.log_every)
+                     cfg.trainer.log_every, seeds_of(cfg), lrs_of(cfg), getattr(dm, "n", None))
+
+
+def layout_of(cfg: DictConfig) -> str:
+    """How the replicas' weights meet the optimizer (``optim.layout`` resolved)."""
+    return optimizers.layout_for(cfg.optim.name, cfg.optim.lrs, cfg.optim.layout)
+
+
+def optimizer_record(cfg: DictConfig) -> dict:
+    """What ``optim.name`` resolved to: class, distribution and version, the replicas' layout
+    and the step adapters in use (``summary.json``'s ``optimizer``; ``config.yaml``'s header)."""
+    found = optimizers.resolve(cfg.optim.name)
+    return {"name": cfg.optim.name, "class": found.qualname, "package": found.package,
+            "version": found.version, "layout": layout_of(cfg),
+            "adapters": optimizers.contract_of(found.cls).describe()}
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -117,8 +131,10 @@ def prepare_run_dir(cfg: DictConfig, stamp: str | None = None) -> Path:
     if not is_launch_rank_zero():
         return run_dir
     if rundir.claim(cfg, run_dir) is None and not (run_dir / "config.yaml").is_file():
+        o = optimizer_record(cfg)
         write_text(run_dir / "config.yaml", provenance.yaml_header(provenance.collect())
-                   + to_yaml(cfg))
+                   + f"# optimizer: {o['class']} ({o['package']} {o['version']}), layout "
+                     f"{o['layout']}, {o['adapters']}\n" + to_yaml(cfg))
     return run_dir
 
 
@@ -139,7 +155,7 @@ def run(cfg: DictConfig) -> dict:
         return summary.read(run_dir)  # nothing left to do (e.g. a requeued, finished job)
     module = build_module(cfg, dm)
     t = cfg.trainer
-    diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, cfg.optim.lr, t.log_every)
+    diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, lrs_of(cfg), t.log_every)
     checkpoint = StepCheckpoint(run_dir, cfg.run.checkpoint_every)
     callbacks: list[L.Callback] = [diverge, checkpoint, *requeue.callbacks()]
     align = None
@@ -176,6 +192,7 @@ def run(cfg: DictConfig) -> dict:
     if isinstance(stop, SIGTERMException):
         rows = checkpoint.mark_interrupted(rows, trainer.global_step)
     result = summary.assemble(cfg.conf, rows, provenance.collect())
+    result["optimizer"] = optimizer_record(cfg)
     if trainer.is_global_zero:
         if isinstance(stop, Diverged) and align is not None:
             align.write()  # the trajectory up to the divergence, for the post-mortem
@@ -196,7 +213,8 @@ def replica_rows(cfg: DictConfig, module: GapModule, align: AlignmentCallback | 
     history = align.history() if align is not None else {}
     rows = []
     for k, seed in enumerate(seeds_of(cfg)):
-        r = {"seed": seed, "status": "completed", "steps": steps, "wall_seconds": wall}
+        r = {"seed": seed, "lr": lrs_of(cfg)[k], "status": "completed", "steps": steps,
+             "wall_seconds": wall}
         for key in ("train_error", "test_error", "train_loss", "test_loss", "grad_l2", "grad_l1"):
             if key in module.last:  # a run stopped early may not have evaluated yet
                 r[key] = float(module.last[key][k])
@@ -204,6 +222,11 @@ def replica_rows(cfg: DictConfig, module: GapModule, align: AlignmentCallback | 
             if key != "step":
                 r[key] = float(values[-1, k])
                 r[f"{key}_init"] = float(values[0, k])
+        if "train_loss" in r:  # L(W) of Section 4: the data term plus (lam / 2) ||W||^2
+            K = module.net.replicas
+            norm2 = sum(float(p.detach().reshape(K, -1)[k].double().square().sum())
+                        for p in module.params)
+            r["train_objective"] = r["train_loss"] + 0.5 * module.lam * norm2
         r.update({key: values[k] for key, values in (extras or {}).items()})
         rows.append(r)
     return rows

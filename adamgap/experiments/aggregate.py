@@ -61,7 +61,7 @@ def aggregate(sweep_dir: str | Path) -> list[dict]:
                "n_failed": sum(r["status"] == "failed" for r in members),
                "n_diverged": sum(r["status"] == "diverged" for r in members)}
         metrics = [k for k in members[0] if k not in out and k not in
-                   ("seed", "status", "cell", "error", "steps")]
+                   ("seed", "lr", "status", "cell", "error", "steps")]
         for k in metrics:
             vals = [float(r[k]) for r in done if is_number(r.get(k))]
             if not vals:

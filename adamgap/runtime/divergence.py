@@ -48,8 +48,11 @@ class Diverged(Exception):
 class DivergenceCallback(L.Callback):
     """Finds the first non-finite loss, gradient or weight per replica (see the module doc)."""
 
-    def __init__(self, seeds: list[int], optim_name: str, lr: float, sync_every: int = 100):
-        self.seeds, self.optim_name, self.lr = list(seeds), optim_name, lr
+    def __init__(self, seeds: list[int], optim_name: str, lr: float | list[float],
+                 sync_every: int = 100):
+        """``lr``: the step size, or each replica's (an ensemble over step sizes)."""
+        self.seeds, self.optim_name = list(seeds), optim_name
+        self.lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(self.seeds)
         self.sync_every = self.check_every = sync_every
         self.first: Tensor | None = None  # (K,) first bad step per replica, -1 while finite
         self.what: Tensor | None = None  # (K,) index into QUANTITIES
@@ -88,7 +91,7 @@ class DivergenceCallback(L.Callback):
         for k, t in enumerate(first):
             if t >= 0 and k not in self.reported:
                 self.reported.add(k)
-                self.messages[k] = self.line(self.seeds[k], t, QUANTITIES[what[k]])
+                self.messages[k] = self.line(self.seeds[k], t, QUANTITIES[what[k]], self.lrs[k])
         # every rank sees the same weights and gradients; agree anyway before leaving the loop
         if trainer.strategy.reduce_boolean_decision(all(t >= 0 for t in first), all=False):
             raise Diverged(self.messages[min(self.messages)] if self.messages else "diverged")
@@ -99,11 +102,11 @@ class DivergenceCallback(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.first, self.what = state["first"], state["what"]
 
-    def line(self, seed: int, step: int, quantity: str) -> str:
+    def line(self, seed: int, step: int, quantity: str, lr: float) -> str:
         if step == 0 and quantity == "loss":
             hint = "the initial network output overflows: lower model.sigma_0 or the data scale"
         else:
-            hint = f"optim.lr={self.lr:g} is likely too large for {self.optim_name}"
+            hint = f"optim.lr={lr:g} is likely too large for {self.optim_name}"
         return f"diverged at step {step} (seed {seed}): the {quantity} is not finite; {hint}"
 
     def mark(self, rows: list[dict]) -> list[dict]:

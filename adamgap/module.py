@@ -112,6 +112,10 @@ class GapModule(L.LightningModule):
         optimizers (``optim.layout=replicas``) and closures always step this way."""
         K = self.net.replicas
         value, f = self._gradient(x, y, inside)
+        own = inside or self.per_replica or self.contract.closure  # the torch optimizer's step
+        # taken before it: some optimizers change the gradient in place or drop it (heavyball);
+        # Lightning's step may unscale it first (mixed precision): taken after that one
+        grad_sums = self._replica_grads().detach().sum(1) if own else None
         log = self._logs_at(t)
         if log:
             # Lightning hands these to the loggers at the end of the training step (k divides
@@ -123,7 +127,7 @@ class GapModule(L.LightningModule):
             self.log_dict({"train/objective": value.mean(), "train/batch_error": error.mean()},
                           prog_bar=True, sync_dist=True)
             self.log("step", float(t))  # the x-axis of this training step's logs
-        if inside or self.per_replica or self.contract.closure:
+        if own:
             if log:
                 self._log_gradient()
             counted_step(opt, lambda: self._optimizer_step(opt.optimizer, x, y))
@@ -131,14 +135,15 @@ class GapModule(L.LightningModule):
             opt.step()  # its on_before_optimizer_step hook logs the gradient
         if schedule is not None:
             schedule.step()
-        grads = self._replica_grads()
+        if grad_sums is None:
+            grad_sums = self._replica_grads().detach().sum(1)
         if self.contract.create_graph:  # release the graphs the gradients carried
             for p in self.weights:
                 if p.grad is not None:
                     p.grad = p.grad.detach()
         weights = torch.stack([p.detach().sum() for p in self.weights]) if self.per_replica \
             else objective.replica_sums(self.params, K)
-        return torch.stack([value.detach(), grads.detach().sum(1), weights])
+        return torch.stack([value.detach(), grad_sums, weights])
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, x, y: Tensor) -> None:
         """The torch optimizer's step, with a closure on (x, y) where it needs one."""

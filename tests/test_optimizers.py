@@ -1,8 +1,13 @@
-"""Optimizers by name (``adamgap/optimizers.py``), checked against their update formulas: the
+"""Optimizers by name (``adamgap/optimizers/``), checked against their update formulas: the
 paper's GD and Adam (L2 inside the gradient), AdamW (decoupled decay), sign GD, SGD, and any
-``torch.optim`` class. Training goes through Lightning exactly as ``adamgap.train.run`` does."""
+``torch.optim`` class; where the other collections' classes come from, what the suite sets for
+them, how they must be stepped, and one optimizer per replica. Training goes through Lightning
+exactly as ``adamgap.train.run`` does."""
 
 from __future__ import annotations
+
+import importlib.metadata
+import inspect
 
 import lightning as L
 import pytest
@@ -11,7 +16,16 @@ import torch.nn.functional as F
 from helpers import tiny_config
 from omegaconf import OmegaConf
 
-from adamgap.optimizers import SignGD, build_optimizer, resolve_optimizer_class
+from adamgap.optimizers import (
+    Contract,
+    ReplicaOptimizers,
+    SignGD,
+    build_optimizer,
+    contract_of,
+    resolve,
+    resolve_optimizer_class,
+    sources,
+)
 from adamgap.patches import SparsePatches
 from adamgap.train import build_datamodule, build_module
 
@@ -174,10 +188,159 @@ def test_any_torch_optimizer_by_name_or_module_class(name, cls):
         assert opt.param_groups[0]["alpha"] == 0.9  # optim.kwargs reach the constructor
 
 
-@pytest.mark.parametrize("name", ["adamm", "rmsprop", "no_such_module:Adam", "torch.optim:Nope",
-                                  "torch.nn:Linear", "math:pi", "Tensor"])
+@pytest.mark.parametrize("name", ["adamm", "rms_prop", "no_such_module:Adam", "torch.optim:Nope",
+                                  "torch.nn:Linear", "math:pi", "Tensor", "Optimizer"])
 def test_unknown_optimizer_names_raise(name):
     with pytest.raises(ValueError):
         resolve_optimizer_class(name)
     with pytest.raises(ValueError):
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], name, 0.1)
+
+
+# -- where optimizers come from (adamgap/optimizers/sources.py) -------------------------------
+@pytest.mark.parametrize("name, package, cls_name", [
+    ("adan", "pytorch_optimizer", "Adan"), ("prodigy", "pytorch_optimizer", "Prodigy"),
+    ("heavyball:SOAP", "heavyball", "SOAP"), ("lion_pytorch:Lion", "lion-pytorch", "Lion"),
+    ("pytorch_optimizer:SAM", "pytorch_optimizer", "SAM"), ("Muon", "torch", "Muon"),
+    ("signgd", "adamgap", "SignGD")])
+def test_short_names_of_every_source_resolve_with_package_and_version(name, package, cls_name):
+    found = resolve(name)
+    assert found.cls.__name__ == cls_name and found.package == package
+    assert found.version == importlib.metadata.version(package)
+
+
+def test_the_registry_names_are_pytorch_optimizers_and_rmsprop_is_torchs():
+    import pytorch_optimizer
+
+    assert set(sources.pytorch_optimizer_names()) == set(
+        pytorch_optimizer.get_supported_optimizers())
+    assert resolve("rmsprop").cls is torch.optim.RMSprop  # the registry re-exports torch's
+
+
+def test_heavyball_compiles_nothing_at_run_time():
+    """heavyball would torch.compile its kernels on first use; resolving it switches that off
+    (``heavyball.utils.compile_mode``: the test fails loudly if the switch goes away)."""
+    import torch._dynamo.utils
+
+    opt = build_optimizer([torch.nn.Parameter(torch.randn(6, 4))], "heavyball:AdamW", 1e-2)
+    import heavyball
+
+    assert heavyball.utils.compile_mode is None
+    before = dict(torch._dynamo.utils.counters["frames"])
+    for _ in range(3):
+        opt.param_groups[0]["params"][0].grad = torch.randn(6, 4)
+        opt.step()
+    assert dict(torch._dynamo.utils.counters["frames"]) == before
+
+
+# -- what the suite sets (adamgap/optimizers/build.py) -----------------------------------------
+def test_every_optimizers_own_weight_decay_is_off_unless_the_config_sets_it():
+    p = [torch.nn.Parameter(torch.zeros(3, 2))]
+    for name in ("adalite", "heavyball:SOAP", "Muon", "tiger"):  # defaults 0.01 .. 0.1
+        assert inspect.signature(resolve(name).cls.__init__).parameters["weight_decay"].default
+        assert build_optimizer(p, name, 1e-3).param_groups[0]["weight_decay"] == 0.0
+    kept = build_optimizer(p, "adalite", 1e-3, kwargs={"weight_decay": 0.3})
+    assert kept.param_groups[0]["weight_decay"] == 0.3
+
+
+def test_required_arguments_come_from_the_run():
+    p = [torch.nn.Parameter(torch.zeros(3, 2))]
+    ranger = build_optimizer(p, "ranger21", 1e-3, max_steps=700, n=40)
+    assert ranger.start_warm_down + ranger.num_warm_down_iterations == 700  # its schedule's T
+    bsam = build_optimizer(p, "bsam", 1e-3, max_steps=700, n=40)
+    assert bsam.num_data == 40
+    sam = build_optimizer(p, "pytorch_optimizer:SAM", 0.3)
+    assert type(sam.base_optimizer) is torch.optim.SGD
+    assert sam.base_optimizer.param_groups[0]["momentum"] == 0
+    assert sam.base_optimizer.param_groups[0]["lr"] == 0.3
+    adam_sam = build_optimizer(p, "pytorch_optimizer:SAM", 0.3,
+                               kwargs={"base_optimizer": "adam"})
+    assert type(adam_sam.base_optimizer) is torch.optim.Adam
+    wrapper = build_optimizer(p, "heavyball:SAMWrapper", 0.02)
+    assert wrapper.wrapped_optimizer.param_groups[0]["lr"] == 0.02
+
+
+def test_muon_groups_mark_matrices():
+    matrix, vector = torch.nn.Parameter(torch.zeros(4, 6)), torch.nn.Parameter(torch.zeros(4))
+    opt = build_optimizer([matrix, vector], "muon", 0.02)
+    flags = {id(p): g["use_muon"] for g in opt.param_groups for p in g["params"]}
+    assert flags == {id(matrix): True, id(vector): False}
+
+
+def test_muon_orthogonalises_a_replicas_matrix():
+    """One step of pytorch-optimizer's Muon on a (2m, d) matrix moves it by a multiple of an
+    (approximately) orthogonal matrix: all singular values of the update about equal."""
+    gen = torch.Generator().manual_seed(0)
+    # a gradient with singular values spread over two decades (rows scaled 1 .. 0.01)
+    g = torch.randn(40, 1000, generator=gen) * torch.logspace(0, -2, 40)[:, None]
+    p = torch.nn.Parameter(torch.zeros(40, 1000))
+    opt = build_optimizer([p], "muon", 0.02, kwargs={"nesterov": False})
+    p.grad = g
+    opt.step()
+    sv = torch.linalg.svdvals(p.detach())
+    assert sv.min() > 0.5 * sv.max()
+    assert torch.linalg.svdvals(g).min() < 0.05 * torch.linalg.svdvals(g).max()  # g is not
+
+
+def test_contracts_of_the_libraries():
+    assert contract_of(torch.optim.LBFGS).closure
+    assert contract_of(resolve("alig").cls).closure
+    assert contract_of(resolve("pytorch_optimizer:SAM").cls).closure
+    assert contract_of(resolve("heavyball:SAMWrapper").cls).closure
+    assert contract_of(resolve("adahessian").cls).create_graph
+    assert contract_of(resolve("sophiah").cls).create_graph
+    assert contract_of(resolve("schedulefreeadamw").cls).schedule_free
+    assert contract_of(resolve("heavyball:SFAdamW").cls).schedule_free
+    assert contract_of(resolve("muon").cls).muon_groups
+    assert contract_of(torch.optim.Adam) == Contract()
+
+    class NeedsClosure(torch.optim.SGD):
+        def step(self, closure):
+            return super().step(closure)
+
+    assert contract_of(NeedsClosure).closure  # a researcher's class: its signature says so
+
+
+def test_replica_optimizers_step_each_replica_with_its_own_lr_stream_and_state():
+    seeds = [3, 4]
+    ps = [torch.nn.Parameter(torch.ones(2, 3)) for _ in seeds]
+    opt = ReplicaOptimizers([build_optimizer([p], "sgd", lr)
+                             for p, lr in zip(ps, (0.1, 1.0), strict=True)], seeds)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    for p in ps:
+        p.grad = torch.ones(2, 3)
+    opt.step()
+    scheduler.step()
+    assert torch.allclose(ps[0].detach(), torch.full((2, 3), 0.9))
+    assert torch.allclose(ps[1].detach(), torch.zeros(2, 3))
+    assert [g["lr"] for g in opt.optimizers[0].param_groups] == [0.05]  # the scheduler's
+    state = opt.state_dict()
+    again = ReplicaOptimizers([build_optimizer([p], "sgd", 1.0) for p in ps], seeds)
+    again.load_state_dict(state)
+    assert [o.param_groups[0]["lr"] for o in again.optimizers] == [0.05, 0.5]
+    assert all(torch.equal(a, b) for a, b in zip(again.rng, opt.rng, strict=True))
+
+
+def test_a_replicas_random_stream_is_its_own():
+    """An optimizer drawing random numbers draws replica k's from a stream seeded by seed k:
+    the same as a single run with that seed, whatever the other replicas draw."""
+    class Noisy(torch.optim.Optimizer):
+        def __init__(self, params, lr=1.0):
+            super().__init__(params, {"lr": lr})
+
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    p.data.add_(torch.randn_like(p), alpha=g["lr"])
+
+    def replica(seeds):
+        ps = [torch.nn.Parameter(torch.zeros(4)) for _ in seeds]
+        opt = ReplicaOptimizers([Noisy([p]) for p in ps], seeds)
+        torch.randn(7)  # the global stream moves on: no replica may notice
+        opt.step()
+        opt.step()
+        return [p.detach() for p in ps]
+
+    both = replica([5, 6])
+    assert torch.equal(both[1], replica([6])[0]) and torch.equal(both[0], replica([5])[0])
+    assert not torch.equal(both[0], both[1])

@@ -32,6 +32,7 @@ import inspect
 import math
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -143,6 +144,13 @@ def _run(cfg: DictConfig, steps: int, overrides: list[str], ulp: bool = False
     """``steps`` optimizer steps of ``cfg`` with ``overrides``: W(0) and W(steps) per replica
     ((d, C, m) each) and the wall seconds of the steps; ``ulp``: W(0) one unit in the last
     place up (every weight: the next float towards +inf)."""
+    with warnings.catch_warnings():  # torch's notes on sparse CSR tensors: not the probe's
+        warnings.filterwarnings("ignore", "Sparse", UserWarning)
+        return _steps(cfg, steps, overrides, ulp)
+
+
+def _steps(cfg: DictConfig, steps: int, overrides: list[str], ulp: bool
+           ) -> tuple[list[torch.Tensor], float]:
     base = OmegaConf.merge(cfg, {"trainer": {"max_steps": steps}, "data": {"n_test": 2},
                                  "optim": {"lrs": None, "layout": None},
                                  "run": {"replicas": 1}})

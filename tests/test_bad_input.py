@@ -21,6 +21,7 @@ import pytest
 from helpers import ROOT, hold_lock
 
 from adamgap import config, train
+from adamgap.analysis import atlas_report
 from adamgap.cli import main as train_main
 from adamgap.experiments.sweep import main as sweep_main
 from adamgap.tasks import datasets
@@ -126,9 +127,13 @@ def test_rejected(script, arg, expected, places, request, capsys):
         if script == "sweep" and not argv[0].startswith("--") and \
                 not any(a.startswith("sweep.dir=") for a in argv):
             argv.append("sweep.dir=RUN_DIR")
+        if script in ("gaptest", "atlas"):
+            argv += ["--dir", "RUN_DIR"] + (["--out", "RUN_DIR"] if script == "atlas" else [])
         argv = [re.sub("|".join(places), lambda m: places[m.group(0)], a) for a in argv]
         before = {k: snapshot(Path(v)) for k, v in places.items() if k != "TMP"}
-        code = train_main(train.run, argv) if script == "train" else sweep_main(argv)
+        main = {"train": lambda a: train_main(train.run, a), "sweep": sweep_main,
+                "gaptest": atlas_report.gaptest, "atlas": atlas_report.main}[script]
+        code = main(argv)
         captured = capsys.readouterr()
         assert code == 2
         assert "Traceback" not in captured.err

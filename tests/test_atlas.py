@@ -121,7 +121,7 @@ def test_gaptest_end_to_end(tmp_path, capsys, monkeypatch):
             "noise_memorization", "side"} <= set(result)
     assert result["optimizer"] == "NAdam" and result["lr"] in atlas.GRID
     assert result["seeds"] == atlas.EVAL_SEEDS
-    assert out[-2].startswith("verdict: NAdam lands on ")
+    assert out[-2].startswith("verdict: NAdam lands ")
     rows = [line for line in out if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| NAdam", "| adam", "| gd"]
     # the references stay the references: GD learns the feature on the tiny config too

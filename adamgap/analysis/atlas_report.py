@@ -376,10 +376,12 @@ def verdict_line(r: dict, adam: dict | None, gd: dict | None) -> str:
                     for lab, x in (("Adam", adam), ("GD", gd)) if x and x["status"] == "measured")
     best = "" if r["best_test_error"] is None else \
         f"; best over the grid {r['best_test_error']:.3f} at lr {r['best_test_lr']:g}"
-    return (f"verdict: {r['optimizer']} lands on {r['side']} side of the gap: test error "
+    where = "in between the two sides" if r["side"] == "in between" else \
+        f"on {r['side']} side"
+    return (f"verdict: {r['optimizer']} lands {where} of the gap: test error "
             f"{fmt(r['test_error_mean'], r['test_error_ci95'])} over {r['seeds']} seeds at lr "
             f"{r['lr']:g} (train error {fmt(r['train_error_mean'], r['train_error_ci95'])})"
-            f"{best}; {ref}")
+            f"{best}" + (f"; {ref}" if ref else ""))
 
 
 def _split(argv: list[str]) -> tuple[str, list[str], list[str]]:

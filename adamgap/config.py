@@ -40,6 +40,10 @@ class DataConfig:
     feature_position: str = "random"  # random patch per example | fixed (patch 0)
     patches: int = 2  # P: one feature patch and P - 1 noise patches
     batch_size: int | None = None  # null -> n (full batch)
+    sampling: str = "shuffle"  # mini-batches: shuffle (each epoch a permutation: every example
+    # once) | replace (each epoch n // B batches of uniform draws with replacement)
+    last_batch: str = "drop"  # when B does not divide n: drop the n mod B left over each epoch
+    # | keep them as a smaller last batch
     sparse: bool | None = None  # sparse patch matrices; null -> when less than 25% dense
     # -- real images (tasks planted, image_patches, images; docs/realdata.md) ----------------
     dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 (torchvision)
@@ -92,6 +96,8 @@ class TrainerConfig:
     """Lightning Trainer arguments (and how often the module logs and evaluates)."""
 
     max_steps: int = 10_000  # T
+    max_epochs: int | None = None  # passes over the training set instead of max_steps, which
+    # then is max_epochs x steps per epoch (n / B: data.n, data.batch_size, data.last_batch)
     accelerator: str = "cpu"  # cpu | gpu | auto
     devices: Any = 1  # int, list of ids or "auto"
     num_nodes: int = 1
@@ -159,6 +165,13 @@ def conf_names() -> list[str]:
 
 def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
     """Read ``conf/NAME.yaml`` and, recursively, the experiment it names as ``base``."""
+    nodes = _conf_nodes(name, chain)
+    return OmegaConf.merge(*nodes) if len(nodes) > 1 else nodes[0]
+
+
+def _conf_nodes(name: str, chain: tuple[str, ...] = ()) -> list[DictConfig]:
+    """``conf/NAME.yaml`` and the experiments it is based on, each as written (without its
+    ``base`` key), the first base first."""
     path = CONF_DIR / f"{name}.yaml"
     which = f"conf={chain[-1]}: base {name}" if chain else f"conf={name}"
     if not path.is_file():
@@ -174,8 +187,8 @@ def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
         raise ConfigError(f"conf={name}: {path} must hold a mapping of config keys")
     base = node.pop("base", None)
     if base is None:
-        return node
-    return OmegaConf.merge(_conf_file(str(base), chain + (name,)), node)
+        return [node]
+    return [*_conf_nodes(str(base), chain + (name,)), node]
 
 
 def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
@@ -225,8 +238,9 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
 def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Schema defaults <- ``conf/NAME.yaml`` (and its bases) <- ``overrides``; validated."""
     cfg = OmegaConf.structured(Config)
-    if name != "default":
-        cfg = _merge(cfg, _conf_file(name), f"conf/{name}.yaml")
+    files = _conf_nodes(name) if name != "default" else []
+    if files:
+        cfg = _merge(cfg, OmegaConf.merge(*files), f"conf/{name}.yaml")
     cfg.conf = name
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
@@ -237,8 +251,39 @@ def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = 
     if "conf" in dotlist:
         raise ConfigError("'conf' is chosen with conf=NAME, not overridden inside a config")
     cfg = _merge(cfg, dotlist, "command line")
+    _resolve_epochs(cfg, files, dotlist)
     validate(cfg)
     return cfg
+
+
+def _resolve_epochs(cfg: DictConfig, files: list[DictConfig], dotlist: DictConfig) -> None:
+    """``trainer.max_steps`` from ``trainer.max_epochs``. The source read last (the schema,
+    each conf file of the ``base`` chain, the command line) that names either decides which
+    one counts; one source naming both is an error (one of them would be ignored)."""
+    for where, node in (*(("conf file", f) for f in files), ("command line", dotlist)):
+        trainer = node.get("trainer") if isinstance(node, DictConfig) else None
+        named = [k for k in ("max_steps", "max_epochs")
+                 if isinstance(trainer, DictConfig) and k in trainer]
+        if len(named) == 2 and trainer.max_epochs is not None:
+            raise ConfigError(f"trainer.max_steps and trainer.max_epochs are both set ({where}): "
+                              "give one of them")
+        if "max_steps" in named:
+            cfg.trainer.max_epochs = None
+    t = cfg.trainer
+    if t.max_epochs is not None:
+        _check(t.max_epochs >= 1, "trainer.max_epochs", "null or an integer >= 1", cfg)
+        d = cfg.data
+        _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
+        _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
+               f"null (full batch) or 1..n (n={d.n})", cfg)
+        t.max_steps = t.max_epochs * steps_per_epoch(d.n, d.batch_size, d.last_batch)
+
+
+def steps_per_epoch(n: int, batch_size: int | None, last_batch: str = "drop") -> int:
+    """Optimizer steps in one pass over n examples in batches of ``batch_size`` (null: n): the
+    remainder n mod B dropped or a smaller last batch."""
+    B = batch_size or n
+    return n // B if last_batch == "drop" else -(-n // B)
 
 
 def _parses(item: str) -> bool:
@@ -293,6 +338,8 @@ def _validate_data(cfg: DictConfig) -> None:
     _check(d.patches >= 1, "data.patches", "an integer >= 1", cfg)
     _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
            f"null (full batch) or 1..n (n={d.n})", cfg)
+    _check(d.sampling in ("shuffle", "replace"), "data.sampling", "shuffle | replace", cfg)
+    _check(d.last_batch in ("drop", "keep"), "data.last_batch", "drop | keep", cfg)
     task.check(cfg)
 
 
@@ -391,6 +438,11 @@ def _validate_trainer(cfg: DictConfig) -> None:
     """The values; whether Lightning accepts the combination is ``adamgap.preflight``'s."""
     t, d = cfg.trainer, cfg.data
     _check(t.max_steps >= 1, "trainer.max_steps", "an integer >= 1", cfg)
+    if t.max_epochs is not None:  # a resolved config (config.yaml) holds both: they agree
+        _check(t.max_epochs >= 1, "trainer.max_epochs", "null or an integer >= 1", cfg)
+        per = steps_per_epoch(d.n, d.batch_size, d.last_batch)
+        _check(t.max_steps == t.max_epochs * per, "trainer.max_steps",
+               f"trainer.max_epochs x {per} steps per epoch = {t.max_epochs * per}", cfg)
     _check(t.log_every >= 1, "trainer.log_every", "an integer >= 1", cfg)
     _check(t.eval_every >= 1, "trainer.eval_every", "an integer >= 1", cfg)
     _check(not t.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")), "trainer.strategy",
@@ -404,6 +456,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
         _check(d.batch_size is None or d.batch_size % world == 0, "data.batch_size",
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
+        # (then n mod B, a kept last batch, divides too)
 
 
 def _validate_steps_per_batch(cfg: DictConfig) -> None:
@@ -503,9 +556,10 @@ class Task:
 
 _SYNTHETIC_KEYS = ("d", "n", "n_test", "s", "sigma_p", "alpha", "labels", "feature_position",
                    "patches", "batch_size", "sparse")
+_EPOCH_KEYS = ("sampling", "last_batch")  # Definition 3.1's own datamodule reads these
 _IMAGE_KEYS = ("dataset", "root", "download", "classes")
 TASKS = {
-    "synthetic": Task((*_SYNTHETIC_KEYS, "v"), _validate_synthetic),  # Definition 3.1
+    "synthetic": Task((*_SYNTHETIC_KEYS, "v", *_EPOCH_KEYS), _validate_synthetic),  # Def. 3.1
     "planted": Task((*_IMAGE_KEYS, "image_size", "normalize", "basis", "feature_k",
                      "noise_coords", "feature_noise", *_SYNTHETIC_KEYS), _validate_planted),
     "image_patches": Task((*_IMAGE_KEYS, "image_size", "normalize", "grid", "d", "n", "n_test",

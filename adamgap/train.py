@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from adamgap import preflight, provenance, summary
 from adamgap.alignment import AlignmentCallback
 from adamgap.config import TASKS, seeds_of, steps_per_batch, to_yaml
-from adamgap.data import SyntheticDataModule
+from adamgap.data import Definition31DataModule
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
 from adamgap.outputs import atomic_write, write_json, write_text
@@ -77,7 +77,7 @@ def exported(name: str, value: str):
 
 # data.task -> its datamodule, built with exactly the data.* keys config.TASKS lists for it
 DATAMODULES: dict[str, type[L.LightningDataModule]] = {
-    "synthetic": SyntheticDataModule, "planted": PlantedDataModule,
+    "synthetic": Definition31DataModule, "planted": PlantedDataModule,
     "image_patches": ImagePatchDataModule, "images": ImageDataModule}
 
 

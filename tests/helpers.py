@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from adamgap.config import TASKS, DataConfig, TrainerConfig, load_config
-from adamgap.data import SyntheticDataModule
+from adamgap.data import Definition31DataModule
 from adamgap.summary import replicas_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +50,12 @@ def computed_summary(run_dir: Path) -> dict:
     return out
 
 
-def synthetic_datamodule(seeds=(0,), steps_per_batch: int = 1, **data) -> SyntheticDataModule:
+def synthetic_datamodule(seeds=(0,), steps_per_batch: int = 1, **data
+                         ) -> Definition31DataModule:
     """Definition 3.1 data for ``seeds``, set up: the schema's ``data.*`` defaults but ``data``."""
     defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig))
     settings = {k: defaults[k] for k in TASKS["synthetic"].keys} | data
-    dm = SyntheticDataModule(list(seeds), max_steps=TrainerConfig.max_steps,
-                             steps_per_batch=steps_per_batch, **settings)
+    dm = Definition31DataModule(list(seeds), max_steps=TrainerConfig.max_steps,
+                                 steps_per_batch=steps_per_batch, **settings)
     dm.setup("fit")
     return dm

@@ -31,7 +31,10 @@ SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every
 TASKS = {"adam": ("synthetic_adam", []),  # full batch
          "adam1": ("synthetic_adam", ["trainer.steps_per_batch=1"]),
          "sgd": ("synthetic_sgd", ["data.batch_size=8"]),  # mini-batches: data order matters
-         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
+         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"]),
+         # epochs of 7 batches (six of 6, one of 4): checkpoints fall mid-epoch
+         "epochs": ("stochastic_adam", ["data.batch_size=6", "data.last_batch=keep",
+                                        "run.replicas=2"])}
 
 
 class Crash(BaseException):
@@ -104,6 +107,7 @@ def checkpoint_step(run_dir: Path) -> int:
     ("adam", 70, 60),  # checkpoint at the end of a training step
     ("sgd", 90, 80),
     ("ensemble", 70, 60),
+    ("epochs", 70, 60),  # checkpoint at step 60: batch 4 of epoch 8
     ("adam1", 47, 40),
     ("adam1", 73, 60),
 ])

@@ -25,13 +25,16 @@ from adamgap.network import PatchCNN
 from adamgap.outputs import atomic_write, write_csv
 
 SUMMARY_KEYS = (
-    "feature_learning",  # max_r <w_{+1,r}, v>                      (Figure 2, "feature")
-    "feature_learning_neg",  # max_r <w_{-1,r}, -v>
+    "feature_learning",  # max_r <w_{+1,r}, v>: class +1's           (Figure 2, "feature")
+    "feature_learning_neg",  # max_r <w_{-1,r}, -v>: class -1's (each class's own: a run in
+    # which one class's feature flipped and the other's did not sits near 1/2 test error)
     "noise_memorization",  # mean_{i: y_i=+1} max_r <w_{+1,r}, xi_i> (Figure 2, "noise")
-    "noise_memorization_min",
+    "noise_memorization_min",  # min / max of it over the i with y_i = +1
     "noise_memorization_max",
     "noise_memorization_neg",  # mean_{i: y_i=-1} max_r <w_{-1,r}, xi_i>
     "noise_memorization_all",  # mean over all i of max_r <w_{y_i,r}, xi_i>
+    "noise_memorization_all_min",  # min / max of it over all i (Tang et al. 2025's summary)
+    "noise_memorization_all_max",
 )
 
 
@@ -64,6 +67,8 @@ def summarize(feature: Tensor, noise: Tensor, y: Tensor) -> dict[str, Tensor]:
         "noise_memorization_max": torch.where(pos, per_example, -inf).amax(1),
         "noise_memorization_neg": masked_mean(neg),
         "noise_memorization_all": per_example.mean(1),
+        "noise_memorization_all_min": per_example.amin(1),
+        "noise_memorization_all_max": per_example.amax(1),
     }
 
 

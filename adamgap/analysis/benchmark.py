@@ -315,7 +315,8 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan),
                   "Marginal cost: (fit s at T = 10 000 - fit s at T = 2000) / 8000, alignment "
                   "off, one evaluation at the end; `target` is B/n + 0.1.", "",
                   "| batch B | ms / step | x full-batch step | target |", "|---|---|---|---|",
-                  *(f"| {B} | {ms:.3f} | {ratio:.2f} | {B / BATCHES[-1] + 0.1:.2f} |"
+                  *(f"| {B} | {ms:.3f} | {ratio:.2f} | "
+                    + (f"{B / BATCHES[-1] + 0.1:.2f} |" if B < BATCHES[-1] else "- |")
                     for B, ms, ratio in steps), ""]
     if protocol:
         lines += ["## The follow-up's batch-2 protocol (`conf=stochastic_adam`: 10^4 epochs, "
@@ -335,7 +336,7 @@ def _batch_targets(steps, protocol) -> str:
     parts = []
     if steps:
         ratio = dict((B, r) for B, _, r in steps)[100]
-        parts.append(f"batch-100 step <= 0.6x a full-batch step: **{ratio:.2f}x**")
+        parts.append(f"Batch-100 step <= 0.6x a full-batch step: **{ratio:.2f}x**")
     if protocol:
         parts.append(f"the batch-2 protocol <= 300 s per seed: **{protocol[0][2]:.0f} s** (one "
                      f"seed), **{protocol[1][2]:.0f} s** per seed in a 5-seed ensemble")

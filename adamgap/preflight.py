@@ -302,7 +302,7 @@ def memory_parts(cfg: DictConfig) -> list[Part]:
     parts = [Part("training set", d.n * (2 * coords + inputs + noise), 0.0, ("data.n", *size)),
              Part("test set", d.n_test * (2 * coords + inputs), 0.0, ("data.n_test", *size)),
              Part("noise draw", 0.0, N * (2 * P - 1) * free * F32,
-                  ("data.d", "data.n_test" if d.n_test >= d.n else "data.n", "data.patches")),
+                  ("data.n_test" if d.n_test >= d.n else "data.n", "data.d", "data.patches")),
              Part("weights and optimizer state", 4 * d.d * classes * m * F32, d.d * F32,
                   ("model.m", "data.d")),
              Part("evaluation", 3 * N * P * classes * m * F32, 0.0,

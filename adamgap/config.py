@@ -10,7 +10,10 @@ impossible values with a :class:`ConfigError` whose message is one line naming t
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +184,7 @@ def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
 def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, ValueError) as err:  # TypeError: a list for a dict
         key = getattr(err, "full_key", None) or _culprit(schema, node)
         msg = str(err).splitlines()[0]
         if "not in" in msg:
@@ -197,7 +200,7 @@ def _culprit(schema: DictConfig, node: Any, prefix: str = "") -> str:
     for key, value in node.items():
         try:
             OmegaConf.merge(schema, {key: value})
-        except OmegaConfBaseException:
+        except (OmegaConfBaseException, TypeError, ValueError):
             child = schema.get(key) if isinstance(schema, DictConfig) else None
             if isinstance(value, DictConfig) and isinstance(child, DictConfig):
                 return _culprit(child, value, f"{prefix}{key}.")
@@ -222,18 +225,40 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
     return name, rest
 
 
-def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Schema defaults <- ``conf/NAME.yaml`` (and its bases) <- ``overrides``; validated."""
-    cfg = OmegaConf.structured(Config)
+@functools.lru_cache(maxsize=1)
+def _structured() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def schema() -> DictConfig:
+    """The schema with its defaults, a fresh copy (building it is ~10x slower than copying)."""
+    return copy.deepcopy(_structured())
+
+
+def _experiment(name: str) -> DictConfig:
+    """Schema defaults <- ``conf/NAME.yaml`` (and its bases), with ``conf`` set; shared by
+    every call for the same files (``OmegaConf.merge`` copies what it merges, never changing
+    it): a sweep or the input tests load one experiment thousands of times."""
+    files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in CONF_DIR.glob("*.yaml")))
+    return _experiment_of(name, str(CONF_DIR), files)
+
+
+@functools.lru_cache(maxsize=64)
+def _experiment_of(name: str, conf_dir: str, files: tuple) -> DictConfig:
+    cfg = schema()
     if name != "default":
         cfg = _merge(cfg, _conf_file(name), f"conf/{name}.yaml")
     cfg.conf = name
+    return cfg
+
+
+def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Schema defaults <- ``conf/NAME.yaml`` (and its bases) <- ``overrides``; validated."""
+    cfg = _experiment(name)
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except Exception as err:  # OmegaConf's errors, and the YAML parser's for values like [1,2
-        bad = next(item for item in overrides if not _parses(item))
-        raise ConfigError(f"cannot parse '{bad}': its value is not valid YAML "
-                          f"({str(err).splitlines()[0]})") from None
+        raise ConfigError(_unparsable(list(overrides), str(err).splitlines()[0])) from None
     if "conf" in dotlist:
         raise ConfigError("'conf' is chosen with conf=NAME, not overridden inside a config")
     cfg = _merge(cfg, dotlist, "command line")
@@ -241,12 +266,30 @@ def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = 
     return cfg
 
 
-def _parses(item: str) -> bool:
+def _parses(*items: str) -> bool:
     try:
-        OmegaConf.from_dotlist([item])
+        OmegaConf.from_dotlist(list(items))
     except Exception:
         return False
     return True
+
+
+def _unparsable(overrides: list[str], msg: str) -> str:
+    """The line for overrides that do not parse: the one whose value is not YAML, or two that
+    cannot both hold (``optim.kwargs=[]`` and ``optim.kwargs.foo=1``)."""
+    bad = next((item for item in overrides if not _parses(item)), None)
+    if bad is not None:
+        return f"cannot parse '{bad}': its value is not valid YAML ({msg})"
+    for i, second in enumerate(overrides):
+        first = next((o for o in overrides[:i] if not _parses(o, second)), None)
+        if first is not None:
+            return f"'{first}' and '{second}' cannot both hold ({msg})"
+    return f"cannot parse the overrides ({msg})"
+
+
+def _nonnegative(x: float) -> bool:
+    """A finite number >= 0 (NaN and infinity are not values a run can use)."""
+    return math.isfinite(x) and x >= 0
 
 
 def _check(ok: bool, key: str, allowed: str, cfg: DictConfig) -> None:
@@ -266,6 +309,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_optim(cfg)
     _validate_trainer(cfg)
     _check(cfg.align.every >= 1, "align.every", "an integer >= 1", cfg)
+    _check(not (cfg.align.enabled and cfg.data.patches == 1 and cfg.data.task in
+                ("synthetic", "planted")), "align.enabled",
+           "false with data.patches=1 (no noise patch to measure noise memorization on)", cfg)
     _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
            "offline | online | disabled", cfg)
     _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
@@ -286,8 +332,9 @@ def _validate_data(cfg: DictConfig) -> None:
     _check(d.d >= 2, "data.d", "an integer >= 2", cfg)
     _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
     _check(d.n_test > 0, "data.n_test", "an integer > 0", cfg)
-    _check(d.sigma_p is None or d.sigma_p >= 0, "data.sigma_p", "null (1/sqrt(s)) or >= 0", cfg)
-    _check(math.isfinite(d.alpha) and d.alpha >= 0, "data.alpha", "a number >= 0", cfg)
+    _check(d.sigma_p is None or _nonnegative(d.sigma_p), "data.sigma_p", "null (1/sqrt(s)) or >= 0",
+           cfg)
+    _check(_nonnegative(d.alpha), "data.alpha", "a number >= 0", cfg)
     _check(d.labels in ("balanced", "rademacher"), "data.labels", "balanced | rademacher", cfg)
     _check(d.feature_position in ("random", "fixed"), "data.feature_position", "random | fixed",
            cfg)
@@ -301,8 +348,12 @@ def _validate_synthetic(cfg: DictConfig) -> None:
     """Definition 3.1: the noise lives outside supp(v)."""
     d = cfg.data
     _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
+    _check(d.s > 0 or d.sigma_p is not None, "data.sigma_p",
+           "a number >= 0 with data.s=0 (the default 1/sqrt(s) needs s >= 1; with s=0 the noise "
+           "patches hold no Gaussian coordinates, so any value, e.g. 0, gives the same data)", cfg)
     if d.v is not None:
-        _check(len(d.v) == d.d and any(x != 0 for x in d.v), "data.v",
+        _check(len(d.v) == d.d and any(x != 0 for x in d.v) and all(math.isfinite(x) for x in d.v),
+               "data.v",
                f"null (e_1) or a nonzero list of d={d.d} numbers", cfg)
         free = sum(1 for x in d.v if x == 0)
         _check(d.s <= free, "data.s", f"at most the {free} coordinates outside supp(v)", cfg)
@@ -320,7 +371,9 @@ def _image_classes(cfg: DictConfig) -> list[int]:
            "data.image_size", f"null or 1..{DATASETS[d.dataset].side}", cfg)
     _check(d.normalize in ("unit", "centered", "none"), "data.normalize",
            "unit | centered | none", cfg)
-    _check(d.workers >= 0, "data.workers", "an integer >= 0", cfg)
+    most = max(64, 4 * (os.cpu_count() or 1))  # each worker is a process: bound absurd values
+    _check(0 <= d.workers <= most, "data.workers", f"an integer in 0..{most} (64, or 4 per core "
+           "of this machine if more)", cfg)
     return classes
 
 
@@ -368,22 +421,27 @@ def _validate_model(cfg: DictConfig) -> None:
     _check((mo.name == "resnet18") == (cfg.data.task == "images"), "model.name",
            "resnet18 exactly when data.task=images", cfg)
     _check(mo.m >= 1, "model.m", "an integer >= 1", cfg)
-    _check(mo.q >= 1, "model.q", "a number >= 1", cfg)
-    _check(mo.sigma_0 >= 0, "model.sigma_0", "a number >= 0", cfg)
+    _check(mo.q >= 1 and math.isfinite(mo.q), "model.q", "a number >= 1", cfg)
+    _check(_nonnegative(mo.sigma_0), "model.sigma_0", "a number >= 0", cfg)
 
 
 def _validate_optim(cfg: DictConfig) -> None:
     """The values; whether ``optim.name`` builds is ``adamgap.preflight``'s to say."""
     o = cfg.optim
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a number > 0", cfg)
-    _check(o.lam >= 0, "optim.lam", "a number >= 0", cfg)
-    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", cfg)
+    _check(_nonnegative(o.lam), "optim.lam", "a number >= 0", cfg)
+    _check(_nonnegative(o.weight_decay), "optim.weight_decay", "a number >= 0", cfg)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            "two numbers in [0, 1)", cfg)
-    _check(o.eps >= 0, "optim.eps", "a number >= 0", cfg)
-    _check(o.momentum >= 0, "optim.momentum", "a number >= 0", cfg)
+    _check(_nonnegative(o.eps), "optim.eps", "a number >= 0", cfg)
+    _check(_nonnegative(o.momentum), "optim.momentum", "a number >= 0", cfg)
+    _check(not (o.name == "sgd" and o.nesterov and o.momentum == 0), "optim.nesterov",
+           "false with optim.momentum=0 (Nesterov momentum needs optim.momentum > 0)", cfg)
     _check(o.schedule in ("constant", "cosine", "step"), "optim.schedule",
            "constant | cosine | step", cfg)
+    _check(o.step_size >= 1, "optim.step_size", "an integer >= 1 (steps between decays)", cfg)
+    _check(o.gamma > 0 and math.isfinite(o.gamma), "optim.gamma",
+           "a number > 0 (the factor of each decay)", cfg)
     _check(o.name != "gd" or cfg.data.batch_size in (None, cfg.data.n), "data.batch_size",
            "null or n with optim.name=gd (full batch); use optim.name=sgd for mini-batches", cfg)
 
@@ -481,10 +539,11 @@ class Dataset:
     channels: int
     side: int  # images are side x side
     classes: int
+    images: int  # training and test images together (for the memory estimate)
 
 
-DATASETS = {"fashion_mnist": Dataset(1, 28, 10), "mnist": Dataset(1, 28, 10),
-            "cifar10": Dataset(3, 32, 10), "cifar100": Dataset(3, 32, 100)}
+DATASETS = {"fashion_mnist": Dataset(1, 28, 10, 70_000), "mnist": Dataset(1, 28, 10, 70_000),
+            "cifar10": Dataset(3, 32, 10, 60_000), "cifar100": Dataset(3, 32, 100, 60_000)}
 
 
 def image_dim(name: str, image_size: int | None = None) -> int:
@@ -527,6 +586,10 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: no config.yaml")
-    cfg = _merge(OmegaConf.structured(Config), OmegaConf.load(path), str(path))
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # the YAML parser's errors (a truncated or overwritten file)
+        raise ConfigError(f"{path} is damaged: {str(err).splitlines()[0]}") from None
+    cfg = _merge(schema(), node, str(path))
     validate(cfg)
     return cfg

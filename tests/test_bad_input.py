@@ -5,7 +5,8 @@ The document is the source: each table row is a case. Placeholders in it stand f
 prepares: RUN_DIR (the run or sweep directory the command would use: the test checks it is
 never created), TMP (a scratch folder), CONF_DIR (a conf folder holding the real experiments and
 the broken ones the document lists), prepared directories (COMPLETED_RUN, UNFINISHED_RUN,
-FOREIGN_DIR, RUNNING_RUN, OTHER_SWEEP, CORRUPT_CIFAR) and ``...`` (any text: pids, long lists).
+DAMAGED_RUN, FOREIGN_DIR, RUNNING_RUN, OTHER_SWEEP, CORRUPT_CIFAR) and ``...`` (any text: pids,
+long lists).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def places(tmp_path, monkeypatch) -> dict[str, str]:
         (conf_dir / f"{name}.yaml").write_text(text)
     monkeypatch.setattr(config, "CONF_DIR", conf_dir)
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):  # no W&B login
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run_cfg = config.load_config("synthetic_adam")
     places = {"RUN_DIR": str(tmp_path / "run"), "TMP": str(tmp_path),
               "CONF_DIR": str(conf_dir)}
@@ -84,6 +88,7 @@ def places(tmp_path, monkeypatch) -> dict[str, str]:
         "COMPLETED_RUN": {"config.yaml": train.to_yaml(run_cfg),
                           "summary.json": json.dumps({"status": "completed"})},
         "UNFINISHED_RUN": {"config.yaml": train.to_yaml(run_cfg)},
+        "DAMAGED_RUN": {"config.yaml": "data: {d: 10\n"},
         "FOREIGN_DIR": {"notes.txt": "not a run"},
         "OTHER_SWEEP": {"sweep.yaml": "conf: synthetic_gd\nseeds: 3\n", "cells.json": "[]"},
     }.items():

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from helpers import ROOT, TINY, computed_summary, tiny_config
+from helpers import ROOT, TINY, At, Crash, computed_summary, tiny_config
 
 from adamgap import train
 from adamgap.runtime.checkpointing import AtomicCheckpointIO
@@ -34,33 +33,7 @@ TASKS = {"adam": ("synthetic_adam", []),  # full batch
          "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
 
 
-class Crash(BaseException):
-    """Stands for a kill: nothing of the run is saved after it (Lightning only flushes logs)."""
 
-
-class At(L.Callback):
-    """Calls ``act()`` once, at the end of training step ``step`` (before any checkpoint)."""
-
-    def __init__(self, step: int, act):
-        self.step, self.act, self.done = step, act, False
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and not self.done:
-            self.done = True
-            self.act()
-
-
-@pytest.fixture
-def with_callback(monkeypatch):
-    """Make ``train.run`` use one more callback (for the rest of the test)."""
-    def add(callback: L.Callback) -> None:
-        trainer_cls = L.Trainer
-
-        def trainer(*args, callbacks=(), **kwargs):
-            return trainer_cls(*args, callbacks=[callback, *callbacks], **kwargs)
-
-        monkeypatch.setattr(train.L, "Trainer", trainer)
-    return add
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +114,8 @@ def test_signal_checkpoints_stops_and_resumes(task, signum, step, saved, tmp_pat
     summary = train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}"))
     assert summary["status"] == "interrupted" and summary["steps"] == step
     assert summary["error"] == (f"stopped by {signum.name} at step {step} (checkpoint: step "
-                                f"{saved}); continue with run.resume=true")
+                                f"{saved}); continue with run.dir={run_dir} run.resume=true")
+    assert summary["stopped_by"] == signum.name
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert checkpoint_step(run_dir) == saved
     assert resume(task, run_dir)["status"] == "completed"

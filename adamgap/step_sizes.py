@@ -129,20 +129,16 @@ class StepSizeCallback(L.Callback):
         nm0 = before["nm0"]  # (K, n, P-1, m)
         nm1 = noise_memorization(self._net, D.noise, D.y)  # at W(t+1)
         best = nm0.argmax(-1, keepdim=True)  # (K, n, P-1, 1)
-
-        def at_best(x: Tensor) -> Tensor:  # (K, n, P-1, m) -> (K, n, P-1)
-            return x.gather(-1, best).squeeze(-1)
-
-        on_support = D.gather(update)  # (K, n, P-1, s, m)
-        g = D.gather(before["grad"])
-        noise = {"noise_memorization": at_best(nm0),
-                 "step": at_best(on_support.abs().mean(3)),
-                 "velocity": at_best(nm1 - nm0) / lr,
-                 "velocity_gauss": at_best((on_support * D.xi[..., None]).sum(3)),
-                 "grad_abs": at_best(g.abs().mean(3)),
-                 "grad_sq": at_best(g.square().mean(3))}
+        on_support = D.gather(update, best)  # (K, n, P-1, s)
+        g = D.gather(before["grad"], best)
+        noise = {"noise_memorization": nm0.gather(-1, best).squeeze(-1),
+                 "step": on_support.abs().mean(-1),
+                 "velocity": (nm1 - nm0).gather(-1, best).squeeze(-1) / lr,
+                 "velocity_gauss": (on_support * D.xi).sum(-1),
+                 "grad_abs": g.abs().mean(-1),
+                 "grad_sq": g.square().mean(-1)}
         for name, s in state.items():
-            noise[name] = at_best(D.gather(s).abs().mean(3))
+            noise[name] = D.gather(s, best).abs().mean(-1)
         self.steps.append(t)
         self.lrs.append(lr)
         self.feature.append({k: v.cpu() for k, v in feature.items()})
@@ -245,8 +241,8 @@ class _Supports:
         self.x, self.noise = dm.x_train, dm.train_noise
         self.K = K
 
-    def gather(self, w: Tensor) -> Tensor:
-        """W (K, d, 2, m) on each example's noise coordinates, its own class's filters:
-        (K, n, P-1, s, m)."""
+    def gather(self, w: Tensor, r: Tensor) -> Tensor:
+        """W (K, d, 2, m) on each example's noise coordinates S_{i,p}, for filter ``r``
+        (K, n, P-1, 1) of the example's own class: (K, n, P-1, s)."""
         k = torch.arange(self.K, device=w.device)[:, None, None, None]
-        return w.permute(0, 2, 1, 3)[k, self.cls[:, :, None, None], self.index]
+        return w.permute(0, 2, 1, 3)[k, self.cls[:, :, None, None], self.index, r]

@@ -52,8 +52,10 @@ LION_BETAS = tuple(product((0.0, 0.5, 0.9, 0.99), (0.0, 0.9, 0.99, 0.999)))
 SEEDS, SIGN_SEEDS = 3, 5
 EVAL_SEED = 100  # first evaluation seed at a tuned step size (tuning seeds: 0, 1, 2)
 TRAJECTORY = ("align.step_sizes=true", "align.every=10")
-# Adam variants whose trajectories the study records beside the optimizers' own confs
-TRAJECTORY_BETAS = ([0.9, 0.99], [0.0, 0.999], [0.9, 0.9999])
+# Adam variants whose trajectories the study records beside the optimizers' own confs: the
+# beta2 boundary at beta1 0.9 (0.9: GD's side, 0.99: Adam's), beta1 = beta2 = 0.99 (GD's) and
+# RMSprop with bias correction (beta1 0, Adam's)
+TRAJECTORY_BETAS = ([0.9, 0.9], [0.9, 0.99], [0.99, 0.99], [0.0, 0.999])
 
 
 @dataclass(frozen=True)

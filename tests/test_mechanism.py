@@ -57,7 +57,10 @@ def test_evaluations_run_fresh_seeds_one_sweep_per_tuned_step_size():
     choices = {"[0.9, 0.999]": (1e-4, ""), "[0.0, 0.0]": (1e-4, ""), "[0.9, 0.9]": (3e-4, ""),
                "[0.5, 0.5]": (None, "no step size fits the training set")}
     out = mechanism.evaluation_studies(betas, choices)
-    assert [s.name for s in out] == ["betas_tuned_lr0.0001", "betas_tuned_lr0.0003"]
+    assert [s.name.rpartition("_")[0] for s in out] == ["betas_tuned_lr0.0001",
+                                                         "betas_tuned_lr0.0003"]
+    again = mechanism.evaluation_studies(betas, choices | {"[0.5, 0.5]": (3e-4, "")})
+    assert again[0].name == out[0].name and again[1].name != out[1].name  # a new point set
     assert out[0].grid == {"optim.betas": [[0.9, 0.999], [0.0, 0.0]]}
     assert out[1].grid == {"optim.betas": [[0.9, 0.9]]}
     for s in out:
@@ -86,7 +89,7 @@ def test_a_tiny_tuning_sweep_reads_the_final_objective_and_tunes(tmp_path):
         replicas = read(run)["replicas"]
         if all(r["status"] == "completed" and r["train_error"] == 0 for r in replicas):
             fitting[cfg.optim.lr] = float(want.mean())
-    (point, (lr, _)), = mechanism.tuned_choices(sweep, "conf").items()
+    (point, (lr, _)), = mechanism.tuned_choices([sweep], "conf").items()
     assert point == "synthetic_adam"
     assert lr == (min(fitting, key=fitting.get) if fitting else None)
 

@@ -65,13 +65,16 @@ def n_done(rows: list[dict]) -> str:
     return f"{done}" if not bad else f"{done}/{len(rows)} ({', '.join(bad)})"
 
 
-def tuned_points(root: Path, name: str, key: str) -> dict[str, tuple[float | None, str, list]]:
-    """Grid point (rendered) -> (tuned step size, why, fresh-seed rows at it)."""
-    choices = mechanism.tuned_choices(root / name, key)
+def tuned_points(root: Path, name: str) -> dict[str, tuple[float | None, str, list]]:
+    """Grid point (rendered) -> (tuned step size, why, fresh-seed rows at it) of study
+    ``name``."""
+    study = next(s for s in mechanism.studies() if s.name == name)
+    choices = mechanism.tuned_choices(mechanism.tuning_sweeps(root, study), study.tuned)
     fresh: dict[str, list[dict]] = {}
-    for sweep in sorted(root.glob(f"{name}_tuned_lr*")):
-        for point, rows in points(sweep).items():
-            fresh[point[0]] = rows
+    for ev in mechanism.evaluation_studies(study, choices):
+        if (root / ev.name / "sweep.yaml").is_file():
+            for point, rows in points(root / ev.name).items():
+                fresh[point[0]] = rows
     return {p: (lr, why, fresh.get(p, [])) for p, (lr, why) in choices.items()}
 
 
@@ -116,7 +119,7 @@ def _g(x: float) -> str:
 # -- Adam over beta1 x beta2 ---------------------------------------------------------------------
 def betas_section(root: Path, out: Path) -> list[str]:
     fixed = points(root / "betas")
-    tuned = tuned_points(root, "betas", "optim.betas")
+    tuned = tuned_points(root, "betas")
     key = {(b1, b2): render([b1, b2]) for b1 in mechanism.BETA1 for b2 in mechanism.BETA2}
 
     def grid(fn) -> list[list]:
@@ -167,7 +170,7 @@ def betas_section(root: Path, out: Path) -> list[str]:
 def eps_section(root: Path, out: Path) -> list[str]:
     EPS, LRS = mechanism.EPS, mechanism.LR_EPS  # noqa: N806 - the study's grid, as constants
     grid_rows = points(root / "eps")
-    tuned = tuned_points(root, "eps", "optim.eps")
+    tuned = tuned_points(root, "eps")
     cell = {(e, lr): grid_rows.get((render(e), render(lr)), []) for e in EPS for lr in LRS}
     xl, yl = [_g(e) for e in EPS], [_g(lr) for lr in LRS]
     fit = [[("fit" if all(r["status"] == "completed" and r.get("train_error") == 0
@@ -217,7 +220,7 @@ def eps_section(root: Path, out: Path) -> list[str]:
 # -- sign GD and Lion over their step sizes, Lion over its betas -----------------------------------
 def sign_section(root: Path, out: Path) -> list[str]:
     grid_rows = points(root / "sign")
-    tuned = tuned_points(root, "sign", "conf")
+    tuned = tuned_points(root, "sign")
     confs = {"synthetic_signgd": "signGD", "synthetic_lion": "Lion"}
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))

@@ -10,7 +10,7 @@ Adam's own knobs interpolate between the three (Section 5; ``m`` and ``v`` as in
 The studies, each a sweep (``adamgap.experiments.spec``) of the paper's settings with ``SEEDS``
 seeds per cell (sign GD and Lion ``SIGN_SEEDS``), tuning seeds from 0:
 
-``betas``       Adam over BETA1 x BETA2 x LR_ADAM (eps 1e-8)
+``betas``       Adam over BETA1 x BETA2 x LR_ADAM (eps 1e-8); ``betas_lr0.01`` adds lr 1e-2
 ``eps``         Adam over EPS x LR_EPS (betas 0.9, 0.999)
 ``sign``        sign GD and Lion (lion-pytorch, betas 0.9, 0.99) over LR_SIGN
 ``lion_betas``  Lion over LION_BETAS at lr 1e-4 (beta1 = 0 is sign GD exactly)
@@ -24,6 +24,7 @@ from ``EVAL_SEED`` (the ``*_tuned_lr<lr>`` sweeps: one per distinct chosen step 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -68,6 +69,7 @@ class Study:
     seeds: int = SEEDS
     overrides: tuple[str, ...] = ()
     tuned: str | None = None  # the grid key of the point a step size is tuned for
+    joins: str | None = None  # more step sizes for the tuning grid of the study of this name
 
 
 def studies() -> list[Study]:
@@ -76,6 +78,9 @@ def studies() -> list[Study]:
         Study("betas", "synthetic_adam",
               {"optim.betas": [[b1, b2] for b1, b2 in product(BETA1, BETA2)],
                "optim.lr": list(LR_ADAM)}, tuned="optim.betas"),
+        Study("betas_lr0.01", "synthetic_adam",
+              {"optim.betas": [[b1, b2] for b1, b2 in product(BETA1, BETA2)],
+               "optim.lr": [1e-2]}, joins="betas"),
         Study("eps", "synthetic_adam", {"optim.eps": list(EPS), "optim.lr": list(LR_EPS)},
               tuned="optim.eps"),
         Study("sign", "synthetic_signgd", {"conf": ["synthetic_signgd", "synthetic_lion"],
@@ -153,9 +158,19 @@ def tuning_rows(sweep_dir: Path, key: str) -> dict[str, dict[float, list[dict]]]
     return out
 
 
-def tuned_choices(sweep_dir: Path, key: str) -> dict[str, tuple[float | None, str]]:
-    """Grid point -> (tuned step size, why) for a tuning sweep."""
-    return {point: tuned_lr(by_lr) for point, by_lr in tuning_rows(sweep_dir, key).items()}
+def tuned_choices(sweep_dirs: list[Path], key: str) -> dict[str, tuple[float | None, str]]:
+    """Grid point -> (tuned step size, why) over the step sizes of the tuning sweeps
+    ``sweep_dirs`` together."""
+    merged: dict[str, dict[float, list[dict]]] = defaultdict(dict)
+    for sweep_dir in sweep_dirs:
+        for point, by_lr in tuning_rows(sweep_dir, key).items():
+            merged[point].update(by_lr)
+    return {point: tuned_lr(by_lr) for point, by_lr in merged.items()}
+
+
+def tuning_sweeps(root: Path, study: Study) -> list[Path]:
+    """The sweeps whose step sizes ``study`` is tuned over: its own and those that join it."""
+    return [root / study.name] + [root / s.name for s in studies() if s.joins == study.name]
 
 
 def evaluation_studies(study: Study, choices: dict[str, tuple[float | None, str]]
@@ -169,7 +184,10 @@ def evaluation_studies(study: Study, choices: dict[str, tuple[float | None, str]
     base = next(s for s in studies() if s.name == study.name)
     out = []
     for lr, points in sorted(by_lr.items()):
-        out.append(Study(f"{study.name}_tuned_lr{lr:g}", base.conf,
+        # named by the points too: a sweep directory holds one spec, and a point's choice
+        # changes when the tuning grid grows
+        digest = hashlib.sha1("|".join(sorted(points)).encode()).hexdigest()[:6]
+        out.append(Study(f"{study.name}_tuned_lr{lr:g}_{digest}", base.conf,
                          {study.tuned: [_parse(p) for p in points]},
                          seeds=base.seeds, overrides=(*base.overrides, f"optim.lr={lr!r}",
                                                       f"seed={EVAL_SEED}")))
@@ -190,12 +208,14 @@ def run_all(root: str | Path, jobs: int = 2, only: list[str] | None = None,
     root = Path(root)
     done = []
     for study in studies():
-        if only and study.name not in only:
-            continue
-        progress(f"== {study.name}")
-        done.append(run_study(study, root, jobs))
+        if (only and study.name not in only) or study.joins:
+            continue  # a study that joins another's tuning grid runs with it
+        for part in [study, *(s for s in studies() if s.joins == study.name)]:
+            progress(f"== {part.name}")
+            done.append(run_study(part, root, jobs))
         if study.tuned:
-            for ev in evaluation_studies(study, tuned_choices(root / study.name, study.tuned)):
+            choices = tuned_choices(tuning_sweeps(root, study), study.tuned)
+            for ev in evaluation_studies(study, choices):
                 progress(f"== {ev.name}")
                 done.append(run_study(ev, root, jobs))
     return done

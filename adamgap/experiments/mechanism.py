@@ -14,8 +14,10 @@ seeds per cell (sign GD and Lion ``SIGN_SEEDS``), tuning seeds from 0:
 ``eps``         Adam over EPS x LR_EPS (betas 0.9, 0.999)
 ``sign``        sign GD and Lion (lion-pytorch, betas 0.9, 0.99) over LR_SIGN
 ``lion_betas``  Lion over LION_BETAS at lr 1e-4 (beta1 = 0 is sign GD exactly)
-``trajectories``  Adam, sign GD, Lion, GD and Adam variants at their conf's step sizes with the
-                step-size callback on (``align.step_sizes``, every 10 iterations)
+``trajectories*``  Adam, sign GD, Lion, GD and Adam variants (betas, eps, the tuned step sizes)
+                with the step-size callback on (``align.step_sizes``, every 10 iterations)
+``disjoint``    sign GD and Adam with d = 20 000 (nearly disjoint noise supports), T = 1000
+``long``        the paper's Adam for T = 100 000 steps
 
 "Fixed" step size: Adam's 1e-4 (the lr = 1e-4 slice of a grid). "Tuned": per cell, the step
 size :func:`tuned_lr` picks from training data only, then evaluated on ``SEEDS`` fresh seeds
@@ -57,6 +59,10 @@ TRAJECTORY = ("align.step_sizes=true", "align.every=10")
 # beta2 boundary at beta1 0.9 (0.9: GD's side, 0.99: Adam's), beta1 = beta2 = 0.99 (GD's) and
 # RMSprop with bias correction (beta1 0, Adam's)
 TRAJECTORY_BETAS = ([0.9, 0.9], [0.9, 0.99], [0.99, 0.99], [0.0, 0.999])
+TRAJECTORY_EPS = (1e-5, 1e-4)  # eps of the size of the noise coordinates' Stage-I gradients
+TRAJECTORY_LARGE_LR = (("synthetic_adam", 1e-2), ("synthetic_signgd", 1e-3))  # as tuned
+DISJOINT_D = 20_000
+LONG_T = 100_000
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,20 @@ def studies() -> list[Study]:
               overrides=TRAJECTORY),
         Study("trajectories_adam", "synthetic_adam",
               {"optim.betas": [list(b) for b in TRAJECTORY_BETAS]}, overrides=TRAJECTORY),
+        Study("trajectories_eps", "synthetic_adam", {"optim.eps": list(TRAJECTORY_EPS)},
+              overrides=TRAJECTORY),
+        # at the tuned step sizes the dynamics are ~100x faster: a record every 5 iterations
+        # (no checkpoints: they would hold every record)
+        *(Study(f"trajectories_{conf.removeprefix('synthetic_')}_lr{lr:g}", conf, {},
+                overrides=(*TRAJECTORY, f"optim.lr={lr!r}", "align.step_sizes_every=5",
+                           "run.checkpoint_every=0")) for conf, lr in TRAJECTORY_LARGE_LR),
+        # nearly disjoint noise supports (n s / d = 1 instead of 20): Lemma 5.1's setting
+        Study("disjoint", "synthetic_adam", {"conf": ["synthetic_signgd", "synthetic_adam"]},
+              overrides=(*TRAJECTORY, f"data.d={DISJOINT_D}", "trainer.max_steps=1000")),
+        # the paper's Adam, ten times longer: is its side a transient?
+        Study("long", "synthetic_adam", {}, overrides=(
+            f"trainer.max_steps={LONG_T}", f"trainer.eval_every={LONG_T // 10}",
+            f"align.every={LONG_T // 100}", f"run.checkpoint_every={LONG_T // 10}")),
     ]
 
 
@@ -169,8 +189,10 @@ def tuned_choices(sweep_dirs: list[Path], key: str) -> dict[str, tuple[float | N
 
 
 def tuning_sweeps(root: Path, study: Study) -> list[Path]:
-    """The sweeps whose step sizes ``study`` is tuned over: its own and those that join it."""
-    return [root / study.name] + [root / s.name for s in studies() if s.joins == study.name]
+    """The sweeps whose step sizes ``study`` is tuned over: its own and those that join it
+    (the ones created so far)."""
+    joined = [root / s.name for s in studies() if s.joins == study.name]
+    return [root / study.name] + [d for d in joined if (d / "sweep.yaml").is_file()]
 
 
 def evaluation_studies(study: Study, choices: dict[str, tuple[float | None, str]]

@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from adamgap import provenance
 from adamgap.config import load_run_config
@@ -298,28 +299,34 @@ def crossing(steps: np.ndarray, values: np.ndarray) -> float | None:
     return float(steps[b - 1] + (steps[b] - steps[b - 1]) * fa / (fa - fb))
 
 
-def trajectory_runs(root: Path) -> list[tuple[str, Path, list[int]]]:
-    """(label, run directory, seeds) of every trajectory run."""
+TRAJECTORY_STUDIES = ("trajectories", "trajectories_adam", "trajectories_eps",
+                      "trajectories_adam_lr0.01", "trajectories_signgd_lr0.001")
+
+
+def trajectory_runs(root: Path, names: tuple[str, ...] = TRAJECTORY_STUDIES
+                    ) -> list[tuple[str, Path]]:
+    """(label, run directory) of every run with step-size records in the sweeps ``names``."""
     out = []
-    for name in ("trajectories", "trajectories_adam"):
+    for name in names:
         sweep = root / name
         if not (sweep / "sweep.yaml").is_file():
             continue
-        _, cells = load(sweep)
-        for cell in cells:
+        for cell in load(sweep)[1]:
             run = cell_dir(sweep, cell)
             if (run / "step_sizes.pt").is_file():
-                out.append((run_label(run), run, [cell.seed + k for k in range(cell.replicas)]))
+                out.append((run_label(run), run))
     return out
 
 
 def run_label(run: Path) -> str:
-    o = load_run_config(run).optim
+    cfg = load_run_config(run)
+    o = cfg.optim
     names = {"adam": "Adam", "signgd": "signGD", "gd": "GD", "lion_pytorch:Lion": "Lion"}
     label = names.get(o.name, o.name)
     if o.name == "adam":
-        label += f" ({_g(o.betas[0])}, {_g(o.betas[1])})"
-    return f"{label}, lr {_g(o.lr)}"
+        label += f" ({_g(o.betas[0])}, {_g(o.betas[1])}" + (
+            f", eps {_g(o.eps)})" if o.eps != 1e-8 else ")")
+    return f"{label}, lr {_g(o.lr)}" + (f", d {cfg.data.d}" if cfg.data.d != 1000 else "")
 
 
 def trajectory(run: Path) -> dict:
@@ -333,6 +340,7 @@ def trajectory(run: Path) -> dict:
             series[int(r["seed"])][k].append(float(v))
     beta2 = float(cfg.optim.betas[1]) if cfg.optim.name in ("adam", "adamw") else None
     steps_align, align = read_alignment(run / "alignment.csv")
+    history = torch.load(run / "step_sizes.pt")
     out = {"cfg": cfg, "seeds": {}}
     summary = read(run) or {}
     by_seed = {r["seed"]: r for r in summary.get("replicas", [])}
@@ -351,22 +359,40 @@ def trajectory(run: Path) -> dict:
         d["align_step"], d["align_feature"] = steps_align, feature
         d["align_noise"] = np.array([v[k] for v in align["noise_memorization"]])
         d["summary"] = by_seed.get(s, {})
+        d["outputs"] = feature_outputs(history["feature"]["feature_learning"][-1, k],
+                                       float(cfg.model.q))
         out["seeds"][s] = d
     return out
 
 
 def stage_i(d: dict, key: str) -> float:
-    """The mean of ``key`` over the records of iterations [0, STAGE_I)."""
-    mask = d["step"] < STAGE_I
-    return float(np.mean(d[key][mask])) if key in d else math.nan
+    """The mean of ``key`` over the records of Stage I: iterations [0, STAGE_I) at lr 1e-4,
+    [0, STAGE_I x 1e-4 / lr) at another lr (a sign step travels lr per iteration); NaN when
+    that window holds fewer than 3 records (at lr 1e-2 it is 2 iterations long)."""
+    mask = d["step"] < STAGE_I * mechanism.ADAM_LR / d["lr"][0]
+    return float(np.mean(d[key][mask])) if key in d and mask.sum() >= 3 else math.nan
+
+
+def feature_outputs(feature: torch.Tensor, q: float) -> tuple[float, float]:
+    """y f(W, (y v, 0)) for y = +1, -1: the network's output on the feature patch alone, from
+    feature learning <w_{j,r}, j v> of every filter (``feature`` (2, m)). Filters of class y
+    with <w_{y,r}, y v> > 0 push towards y; filters of class -y whose feature coordinate has
+    flipped (<w_{-y,r}, -y v> < 0) push away from it: sum_r relu(<w_{y,r}, y v>)^q -
+    sum_r relu(-<w_{-y,r}, -y v>)^q."""
+    pos, neg = feature[0], feature[1]
+    return (float(pos.clamp(min=0).pow(q).sum() - (-neg).clamp(min=0).pow(q).sum()),
+            float(neg.clamp(min=0).pow(q).sum() - (-pos).clamp(min=0).pow(q).sum()))
 
 
 def trajectory_section(root: Path, out: Path) -> list[str]:
-    runs = [(label, trajectory(run)) for label, run, _ in trajectory_runs(root)]
+    runs = [(label, trajectory(run)) for label, run in trajectory_runs(root)]
     if not runs:
         return []
-    lines = ["## Trajectories (the step-size callback, every 10 iterations, seeds 0-2)", "",
-             f"Stage I: the mean over the records of iterations 0-{STAGE_I - 1}. Steps are "
+    lines = ["## Trajectories (the step-size callback, seeds 0-2)", "",
+             "Records every 10 iterations (every 5 at the tuned step sizes 1e-2 and 1e-3).",
+             "",
+             f"Stage I: the mean over the records of iterations 0-{STAGE_I - 1} at lr 1e-4 "
+             f"(0 to {STAGE_I} x 1e-4 / lr at another lr: a sign step travels lr). Steps are "
              "|W(t+1) - W(t)| / lr (sign GD: 1); velocities the gain per step, in lr, of the "
              "feature learning <w_{+1,r}, v> of the feature filter r+ (largest <w_{+1,r}, v>) "
              "and of the noise memorization <w_{+1,r*}, xi_i> (r*: largest, mean over y_i = +1). "
@@ -375,10 +401,13 @@ def trajectory_section(root: Path, out: Path) -> list[str]:
              "gradient, the step exceeds lr). Turn: the first iteration at which the feature "
              "noise's part of the feature coordinate's gradient outweighs the feature patches' "
              "part (for r+); flip: where feature learning first crosses 0 (alignment every 10 "
-             "iterations). Per seed, separated by /.", "",
+             "iterations). Feature output: y f(W, (y v, 0)) at the last record for y = +1, -1 "
+             "(``feature_outputs``: the feature patch's push towards the label, over every "
+             "filter; negative: the flipped filters of the other class win). Per seed, "
+             "separated by /.", "",
              "| run | feature step | noise step | feature velocity | noise velocity | "
-             "velocity ratio | noise memory | turn | flip | test error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "velocity ratio | noise memory | turn | flip | feature output (+1, -1) | "
+             "test error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def per_seed(tr, fn, digits=2) -> str:
         vals = [fn(d) for d in tr["seeds"].values()]
@@ -395,15 +424,21 @@ def trajectory_section(root: Path, out: Path) -> list[str]:
                      1),
             per_seed(tr, lambda d: stage_i(d, "noise_memory")),
             per_seed(tr, lambda d: d["turn"], 0), per_seed(tr, lambda d: d["flip"], 0),
+            " / ".join(f"{a:.2f}, {b:.2f}" for a, b in
+                       (d["outputs"] for d in tr["seeds"].values())),
             per_seed(tr, lambda d: d["summary"].get("test_error", math.nan), 3)]) + " |")
+    draw_comparison(runs, out / "comparison.png")
     draw_trajectories(runs, out / "trajectories.png")
-    lines += ["", "![trajectories](mechanism/trajectories.png)", ""]
+    lines += ["", "The runs at lr 1e-4 side by side (seed 0):", "",
+              "![comparison](mechanism/comparison.png)", "",
+              "Every run, seed 0 (dotted: turn, dashed: flip):", "",
+              "![trajectories](mechanism/trajectories.png)", ""]
     return lines
 
 
 def draw_trajectories(runs: list[tuple[str, dict]], path: Path) -> None:
     """Per run (a row): alignment, per-coordinate steps, memory, the feature gradient's parts;
-    seed 0 (the first seed) of each run, iterations 0-3000 on a linear axis."""
+    the first seed of each run, iterations 1-T on a log axis."""
     plt = pyplot()
     fig, axes = plt.subplots(len(runs), 4, figsize=(17, 2.6 * len(runs)), squeeze=False)
     for row, (label, tr) in zip(axes, runs, strict=True):
@@ -418,6 +453,8 @@ def draw_trajectories(runs: list[tuple[str, dict]], path: Path) -> None:
         ax.plot(t, d["feature_step"], color="tab:blue", label="|dW|/lr feature coordinate")
         ax.plot(t, d["noise_step"], color="tab:red", label="|dW|/lr noise coordinates")
         ax.set_yscale("log")
+        if tr["cfg"].optim.name != "gd":  # GD's |dW| / lr is |g|: its own scale
+            ax.set_ylim(0.02, 5)
         ax = row[2]
         if "noise_memory" in d:
             ax.plot(t, d["feature_memory"], color="tab:blue", label="sqrt(v_hat)/|g| feature")
@@ -435,7 +472,8 @@ def draw_trajectories(runs: list[tuple[str, dict]], path: Path) -> None:
                 label="grad from feature noise")
         ax.set_yscale("symlog", linthresh=1e-6)
         for a in row:
-            a.set_xlim(0, 3000)
+            a.set_xscale("log")
+            a.set_xlim(1, t[-1] + 1)
             a.tick_params(labelsize=7)
             a.legend(fontsize=6)
             for when, style in ((d["turn"], ":"), (d["flip"], "--")):
@@ -444,6 +482,122 @@ def draw_trajectories(runs: list[tuple[str, dict]], path: Path) -> None:
     for ax in axes[-1]:
         ax.set_xlabel("iteration (dotted: turn, dashed: flip)", fontsize=8)
     save(fig, path)
+
+
+COMPARED = ("Adam (0.9, 0.999), lr 0.0001", "Adam (0.9, 0.99), lr 0.0001",
+            "Adam (0.9, 0.9), lr 0.0001", "Adam (0.99, 0.99), lr 0.0001",
+            "Adam (0, 0.999), lr 0.0001", "signGD, lr 0.0001", "Lion, lr 0.0001")
+
+
+def draw_comparison(runs: list[tuple[str, dict]], path: Path) -> None:
+    """The runs of ``COMPARED`` on shared axes (their first seed): feature learning, the step
+    on the noise coordinates, the second-moment memory there, and the ratio of the feature
+    coordinate's gradient parts (feature noise over feature patches: the turn at 1)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.9))
+    chosen = [(label, tr) for name in COMPARED for label, tr in runs if label == name]
+    for n, (label, tr) in enumerate(chosen):
+        d = next(iter(tr["seeds"].values()))
+        t, style = d["step"], {"color": f"C{n}", "lw": 1.2, "label": label.split(", lr")[0]}
+        axes[0].plot(d["align_step"], d["align_feature"], **style)
+        axes[1].plot(t, d["noise_step"], **style)
+        if "noise_memory" in d:
+            axes[2].plot(t, d["noise_memory"], **style)
+        axes[3].plot(t, d["feature_grad_feature_noise"] / -d["feature_grad_feature_patch"],
+                     **style)
+    titles = ("feature learning max_r <w_{+1,r}, v>", "|dW| / lr on the noise coordinates",
+              "sqrt(v_hat) / rms g on the noise coordinates",
+              "feature noise / feature patches in grad_v")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlim(1, 10_000)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration (lr 1e-4, seed 0)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].axhline(0, color="gray", lw=0.6)
+    axes[1].set_yscale("log")
+    axes[1].set_ylim(0.02, 5)
+    axes[2].set_yscale("log")
+    axes[2].axhline(1, color="gray", lw=0.6)
+    axes[3].set_yscale("log")
+    axes[3].set_ylim(1e-2, 1e2)
+    axes[3].axhline(1, color="gray", lw=0.6)
+    axes[0].legend(fontsize=6.5)
+    save(fig, path)
+
+
+def disjoint_section(root: Path) -> list[str]:
+    """Stage-I rates with nearly disjoint noise supports (d = 20 000) beside d = 1000."""
+    runs = [(label, trajectory(run)) for label, run in
+            trajectory_runs(root, ("trajectories", "disjoint"))
+            if load_run_config(run).optim.name in ("signgd", "adam")]
+    if not any("d 20000" in label for label, _ in runs):
+        return []
+    cfg = runs[0][1]["cfg"].data
+    gauss = cfg.s * (cfg.sigma_p or cfg.s ** -0.5) * math.sqrt(2 / math.pi)
+    lines = ["## Shared noise supports", "",
+             f"Lemma 5.2's sign-GD rate assumes disjoint noise supports (Lemma 5.1): each of the "
+             f"s noise coordinates of xi_i moves lr along sign(xi_i,k), so <w, xi'_i> gains "
+             f"s sigma_p sqrt(2/pi) = {gauss:.2f} lr per step and <w, xi_i> "
+             f"{gauss - cfg.alpha:.2f} lr. At d = 1000 every coordinate lies in the supports "
+             f"of n s / (d - 1) = {cfg.n * cfg.s / (cfg.d - 1):.0f} examples on average; at "
+             f"d = 20 000 in about 1. Stage-I means (iterations 0-{STAGE_I - 1}), per seed:", "",
+             "| run | noise step | Gaussian part of the noise velocity | noise velocity | "
+             "feature velocity | turn | flip |", "|---|---|---|---|---|---|---|"]
+    for label, tr in runs:
+        vals = [(stage_i(d, "noise_step"), stage_i(d, "noise_velocity_gauss"),
+                 stage_i(d, "noise_velocity"), stage_i(d, "feature_velocity"), d["turn"],
+                 d["flip"]) for d in tr["seeds"].values()]
+        cols = [" / ".join(f"{v[i]:.2f}" for v in vals) for i in range(4)]
+        cols += [" / ".join("never" if v[i] is None else f"{v[i]:.0f}" for v in vals)
+                 for i in (4, 5)]
+        lines.append(f"| {label} | " + " | ".join(cols) + " |")
+    T = int(next(tr for label, tr in runs if "d 20000" in label)["cfg"].trainer.max_steps)
+    return lines + ["", f"(d = 20 000 runs stop at T = {T}: turn and flip within it.)", ""]
+
+
+def long_section(root: Path) -> list[str]:
+    """The paper's Adam trained ten times longer: test error and alignment over T."""
+    sweep = root / "long"
+    if not (sweep / "sweep.yaml").is_file():
+        return []
+    (cell,) = load(sweep)[1]
+    run = cell_dir(sweep, cell)
+    if read(run) is None:
+        return []
+    with open(run / "metrics.csv") as f:
+        evals = [r for r in csv.DictReader(f) if r.get("test/error")]
+    steps, align = read_alignment(run / "alignment.csv")
+    at = {int(s): i for i, s in enumerate(steps)}
+    T = int(load_run_config(run).trainer.max_steps)
+    lines = ["## The paper's Adam, ten times longer", "",
+             f"Adam (0.9, 0.999), lr 1e-4, T = {T}; seeds 0-2. Test error and training "
+             "objective: means over the seeds (metrics.csv); feature learning and noise "
+             "memorization: mean ± 95% CI (alignment.csv).", "",
+             "| iteration | test error | training objective | feature learning | "
+             "noise memorization |", "|---|---|---|---|---|"]
+    for r in evals:
+        step = round(float(r["step"])) + 1  # logged with the index of the iteration just run
+        i = at.get(step)
+        fl = fmt(*_ci(align["feature_learning"][i])) if i is not None else "-"
+        nm = fmt(*_ci(align["noise_memorization"][i])) if i is not None else "-"
+        obj = next((q["train/objective"] for q in _rows_at(run, step - 1)), "")
+        lines.append(f"| {step} | {float(r['test/error']):.3f} | "
+                     f"{float(obj):.4f} | {fl} | {nm} |" if obj else
+                     f"| {step} | {float(r['test/error']):.3f} | - | {fl} | {nm} |")
+    return lines + [""]
+
+
+def _ci(values: list[float]) -> tuple[float, float]:
+    mean, _, ci = mean_ci(values)
+    return mean, ci
+
+
+def _rows_at(run: Path, step: int) -> list[dict]:
+    """metrics.csv rows logged at ``step`` that carry the training objective."""
+    with open(run / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r.get("train/objective") and r.get("step")
+                and round(float(r["step"])) == step]
 
 
 # -- the document ----------------------------------------------------------------------------------
@@ -478,7 +632,7 @@ def build(root: Path, out: Path) -> Path:
         head.append(f"| {sweep.name} | {spec.conf} | {grid} | {spec.seeds} | {len(cells)} | "
                     f"{' '.join(spec.overrides) or '-'} |")
     body = (betas_section(root, figs) + eps_section(root, figs) + sign_section(root, figs)
-            + trajectory_section(root, figs))
+            + trajectory_section(root, figs) + disjoint_section(root) + long_section(root))
     path = out / "mechanism_tables.md"
     write_text(path, "\n".join(head + [""] + body))
     return path

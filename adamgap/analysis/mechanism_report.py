@@ -120,47 +120,55 @@ def _g(x: float) -> str:
 # -- Adam over beta1 x beta2 ---------------------------------------------------------------------
 def betas_section(root: Path, out: Path) -> list[str]:
     fixed = points(root / "betas")
+    large = points(root / "betas_lr0.01") if (root / "betas_lr0.01" / "sweep.yaml").is_file() \
+        else {}
     tuned = tuned_points(root, "betas")
-    key = {(b1, b2): render([b1, b2]) for b1 in mechanism.BETA1 for b2 in mechanism.BETA2}
+    B1, B2 = mechanism.BETA1, mechanism.BETA2  # noqa: N806 - the study's grid, as constants
+    key = {(b1, b2): render([b1, b2]) for b1 in B1 for b2 in B2}
 
-    def grid(fn) -> list[list]:
-        return [[fn(b1, b2) for b2 in mechanism.BETA2] for b1 in mechanism.BETA1]
+    def rows_at(b1, b2, where: str) -> list[dict]:
+        if where == "tuned":
+            return tuned.get(key[b1, b2], (None, "", []))[2]
+        grid = fixed if where == "fixed" else large
+        return grid.get((key[b1, b2], render(mechanism.ADAM_LR if where == "fixed" else 1e-2)),
+                        [])
 
-    def at_fixed(b1, b2, metric):
-        return stat(fixed.get((key[b1, b2], render(mechanism.ADAM_LR)), []), metric)[0]
+    def grid(metric: str, where: str) -> list[list[float]]:
+        return [[stat(rows_at(b1, b2, where), metric)[0] for b2 in B2] for b1 in B1]
 
-    def at_tuned(b1, b2, metric):
-        return stat(tuned.get(key[b1, b2], (None, "", []))[2], metric)[0]
-
-    lr_note = grid(lambda b1, b2: "lr " + (_g(tuned[key[b1, b2]][0])
-                                           if tuned.get(key[b1, b2], (None,))[0] else "-"))
-    xl, yl = [_g(b) for b in mechanism.BETA2], [_g(b) for b in mechanism.BETA1]
-    panels([(grid(lambda a, b: at_fixed(a, b, "test_error")), xl, yl,
-             "test error, lr 1e-4 (seeds 0-2)", 0, 1, "viridis", None),
-            (grid(lambda a, b: at_tuned(a, b, "test_error")), xl, yl,
-             "test error, tuned lr (fresh seeds 100-102)", 0, 1, "viridis", lr_note),
-            (grid(lambda a, b: at_fixed(a, b, "feature_learning")), xl, yl,
-             "feature learning, lr 1e-4", -0.5, 1.5, "RdBu", None),
-            (grid(lambda a, b: at_tuned(a, b, "feature_learning")), xl, yl,
-             "feature learning, tuned lr", -0.5, 1.5, "RdBu", lr_note)],
-           out / "betas.png", "beta2", "beta1")
+    lr_note = [["lr " + (_g(tuned[key[b1, b2]][0]) if tuned.get(key[b1, b2], (None,))[0]
+                         else "-") for b2 in B2] for b1 in B1]
+    xl, yl = [_g(b) for b in B2], [_g(b) for b in B1]
+    specs = []
+    for metric, name, vmin, vmax, cmap in (("test_error", "test error", 0, 1, "viridis"),
+                                           ("feature_learning", "feature learning", -0.5, 1.5,
+                                            "RdBu")):
+        specs += [(grid(metric, "fixed"), xl, yl, f"{name}, lr 1e-4 (seeds 0-2)", vmin, vmax,
+                   cmap, None),
+                  (grid(metric, "large"), xl, yl, f"{name}, lr 1e-2 (seeds 0-2)", vmin, vmax,
+                   cmap, None),
+                  (grid(metric, "tuned"), xl, yl, f"{name}, tuned lr (seeds 100-102)", vmin,
+                   vmax, cmap, lr_note)]
+    panels(specs, out / "betas.png", "beta2", "beta1", cols=3)
     lines = ["## Adam over beta1 x beta2", "",
-             "eps 1e-8. Fixed: lr 1e-4, seeds 0-2. Tuned: the step size of the rule (training "
-             "data of seeds 0-2 over lr in {1e-5, 3e-5, 1e-4, 3e-4, 1e-3}), then seeds 100-102. "
-             "Feature learning max_r <w_{+1,r}, v> and noise memorization at T = 10 000.", "",
-             "![betas](mechanism/betas.png)", "",
+             "eps 1e-8. Fixed: lr 1e-4 and lr 1e-2, seeds 0-2. Tuned: the step size of the rule "
+             "(training data of seeds 0-2 over lr in {1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2}), "
+             "then seeds 100-102. Feature learning max_r <w_{+1,r}, v> and noise memorization "
+             "at T = 10 000.", "", "![betas](mechanism/betas.png)", "",
              "| beta1 | beta2 | seeds | test error (lr 1e-4) | feature learning (lr 1e-4) | "
-             "noise memorization (lr 1e-4) | tuned lr | why | seeds | train error (tuned) | "
-             "test error (tuned) | feature learning (tuned) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for b1 in mechanism.BETA1:
-        for b2 in mechanism.BETA2:
-            f = fixed.get((key[b1, b2], render(mechanism.ADAM_LR)), [])
+             "noise memorization (lr 1e-4) | train error (lr 1e-2) | test error (lr 1e-2) | "
+             "tuned lr | why | seeds | train error (tuned) | test error (tuned) | "
+             "feature learning (tuned) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "---|"]
+    for b1 in B1:
+        for b2 in B2:
+            f, big = rows_at(b1, b2, "fixed"), rows_at(b1, b2, "large")
             lr, why, t = tuned.get(key[b1, b2], (None, "not run", []))
             lines.append(
                 f"| {_g(b1)} | {_g(b2)} | {n_done(f)} | " + " | ".join(
                     fmt(*stat(f, m)) for m in ("test_error", "feature_learning",
                                                "noise_memorization"))
+                + " | " + " | ".join(fmt(*stat(big, m)) for m in ("train_error", "test_error"))
                 + f" | {_g(lr) if lr else '-'} | {why} | {n_done(t) if t else '-'} | "
                 + " | ".join(fmt(*stat(t, m)) for m in ("train_error", "test_error",
                                                         "feature_learning")) + " |")
@@ -203,14 +211,16 @@ def eps_section(root: Path, out: Path) -> list[str]:
              "kept a training error or diverged) and, per eps, the test error at lr 1e-4 and at "
              "the tuned step size (seeds 100-102). For eps >> |g| Adam is GD with step lr / eps.",
              "", "![eps x lr](mechanism/eps_lr.png)", "", "![eps](mechanism/eps.png)", "",
-             "| eps | test error (lr 1e-4) | feature learning (lr 1e-4) | tuned lr | lr / eps | "
-             "why | train error (tuned) | test error (tuned) | feature learning (tuned) | "
-             "noise memorization (tuned) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| eps | test error (lr 1e-4) | feature learning (lr 1e-4) | noise memorization "
+             "(lr 1e-4) | tuned lr | lr / eps | why | train error (tuned) | test error (tuned) "
+             "| feature learning (tuned) | noise memorization (tuned) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in EPS:
         f = cell[e, mechanism.ADAM_LR]
         lr, why, t = tuned.get(render(e), (None, "not run", []))
         lines.append(f"| {_g(e)} | {fmt(*stat(f, 'test_error'))} | "
-                     f"{fmt(*stat(f, 'feature_learning'))} | {_g(lr) if lr else '-'} | "
+                     f"{fmt(*stat(f, 'feature_learning'))} | "
+                     f"{fmt(*stat(f, 'noise_memorization'))} | {_g(lr) if lr else '-'} | "
                      f"{_g(lr / e) if lr else '-'} | {why} | " + " | ".join(
                          fmt(*stat(t, m)) for m in ("train_error", "test_error",
                                                     "feature_learning", "noise_memorization"))
@@ -287,6 +297,35 @@ def lion_betas_section(root: Path, out: Path) -> list[str]:
     return lines + [""]
 
 
+def objectives_section(root: Path) -> list[str]:
+    """The tuning rows behind the choices of the default Adam, sign GD and Lion: per step
+    size the mean final training objective, the worst training error, the statuses."""
+    lines = ["## The tuning objectives", "",
+             "The final training objective L(W(T)) (train loss + (lam/2) ||W||_F^2) of each "
+             "tuning seed, mean over the seeds, with the largest training error and the "
+             "statuses: what `mechanism.tuned_lr` chose from.", "",
+             "| run | lr | objective | max train error | statuses | chosen |",
+             "|---|---|---|---|---|---|"]
+    for name, point, label in (("betas", render([0.9, 0.999]), "Adam (0.9, 0.999)"),
+                               ("sign", "synthetic_signgd", "signGD"),
+                               ("sign", "synthetic_lion", "Lion")):
+        study = next(s for s in mechanism.studies() if s.name == name)
+        sweeps = mechanism.tuning_sweeps(root, study)
+        by_lr: dict[float, list[dict]] = {}
+        for sweep in sweeps:
+            by_lr.update(mechanism.tuning_rows(sweep, study.tuned).get(point, {}))
+        chosen, _ = mechanism.tuned_lr(by_lr)
+        for lr, rows in sorted(by_lr.items()):
+            obj = [r["objective"] for r in rows if math.isfinite(r["objective"])]
+            errs = [r["train_error"] for r in rows if is_number(r.get("train_error"))]
+            lines.append(f"| {label} | {_g(lr)} | "
+                         f"{sum(obj) / len(obj) if obj else math.nan:.4g} | "
+                         f"{max(errs) if errs else math.nan:.3f} | "
+                         f"{', '.join(sorted({r['status'] for r in rows}))} | "
+                         f"{'yes' if lr == chosen else ''} |")
+    return lines + [""]
+
+
 # -- trajectories ----------------------------------------------------------------------------------
 def crossing(steps: np.ndarray, values: np.ndarray) -> float | None:
     """The first iteration where ``values`` goes from > 0 to <= 0, linearly interpolated
@@ -359,18 +398,39 @@ def trajectory(run: Path) -> dict:
         d["align_step"], d["align_feature"] = steps_align, feature
         d["align_noise"] = np.array([v[k] for v in align["noise_memorization"]])
         d["summary"] = by_seed.get(s, {})
-        d["outputs"] = feature_outputs(history["feature"]["feature_learning"][-1, k],
-                                       float(cfg.model.q))
+        final = history["feature"]["feature_learning"][-1, k]  # (2, m)
+        d["outputs"] = feature_outputs(final, float(cfg.model.q))
+        d["positive"] = tuple(int(n) for n in (final > 0).sum(1))  # filters, per class
         out["seeds"][s] = d
     return out
 
 
+SHORT_WINDOW = 5  # records taken when Stage I is shorter than 3 records
+
+
+def short_window(d: dict) -> bool:
+    """Whether Stage I, [0, STAGE_I x 1e-4 / lr) (a sign step travels lr per iteration),
+    holds fewer than 3 records (at lr 1e-2 it is 2 iterations long)."""
+    return int((d["step"] < STAGE_I * mechanism.ADAM_LR / d["lr"][0]).sum()) < 3
+
+
+def stage_window(d: dict) -> np.ndarray:
+    """The records of Stage I (iterations [0, STAGE_I) at lr 1e-4), or the first
+    ``SHORT_WINDOW`` records when it is shorter than 3 (``short_window``)."""
+    if short_window(d):
+        return np.arange(d["step"].size) < SHORT_WINDOW
+    return d["step"] < STAGE_I * mechanism.ADAM_LR / d["lr"][0]
+
+
 def stage_i(d: dict, key: str) -> float:
-    """The mean of ``key`` over the records of Stage I: iterations [0, STAGE_I) at lr 1e-4,
-    [0, STAGE_I x 1e-4 / lr) at another lr (a sign step travels lr per iteration); NaN when
-    that window holds fewer than 3 records (at lr 1e-2 it is 2 iterations long)."""
-    mask = d["step"] < STAGE_I * mechanism.ADAM_LR / d["lr"][0]
-    return float(np.mean(d[key][mask])) if key in d and mask.sum() >= 3 else math.nan
+    """The mean of ``key`` over the records of Stage I (``stage_window``)."""
+    return float(np.mean(d[key][stage_window(d)])) if key in d else math.nan
+
+
+def growth(d: dict, key: str) -> float:
+    """|key| at the last record of Stage I over |key| at iteration 0."""
+    last = np.flatnonzero(stage_window(d))[-1]
+    return float(abs(d[key][last]) / abs(d[key][0]))
 
 
 def feature_outputs(feature: torch.Tensor, q: float) -> tuple[float, float]:
@@ -403,11 +463,16 @@ def trajectory_section(root: Path, out: Path) -> list[str]:
              "part (for r+); flip: where feature learning first crosses 0 (alignment every 10 "
              "iterations). Feature output: y f(W, (y v, 0)) at the last record for y = +1, -1 "
              "(``feature_outputs``: the feature patch's push towards the label, over every "
-             "filter; negative: the flipped filters of the other class win). Per seed, "
+             "filter; negative: the flipped filters of the other class win); positive filters: "
+             "how many of the m filters of class +1, -1 end with <w_{j,r}, j v> > 0. Growth: "
+             "|g| on the feature coordinate (r+) and rms g on the noise coordinates at the end "
+             "of Stage I over iteration 0. Runs marked * have a Stage I shorter than the record "
+             f"spacing: their columns are the first {SHORT_WINDOW} records. Per seed, "
              "separated by /.", "",
              "| run | feature step | noise step | feature velocity | noise velocity | "
-             "velocity ratio | noise memory | turn | flip | feature output (+1, -1) | "
-             "test error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "velocity ratio | noise memory | feature, noise gradient growth | turn | flip | "
+             "feature output (+1, -1) | positive filters (+1, -1) | test error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def per_seed(tr, fn, digits=2) -> str:
         vals = [fn(d) for d in tr["seeds"].values()]
@@ -415,7 +480,8 @@ def trajectory_section(root: Path, out: Path) -> list[str]:
                           else f"{v:.{digits}f}" for v in vals)
 
     for label, tr in runs:
-        lines.append(f"| {label} | " + " | ".join([
+        short = any(short_window(d) for d in tr["seeds"].values())
+        lines.append(f"| {label}{' *' if short else ''} | " + " | ".join([
             per_seed(tr, lambda d: stage_i(d, "feature_step")),
             per_seed(tr, lambda d: stage_i(d, "noise_step")),
             per_seed(tr, lambda d: stage_i(d, "feature_velocity")),
@@ -423,9 +489,13 @@ def trajectory_section(root: Path, out: Path) -> list[str]:
             per_seed(tr, lambda d: stage_i(d, "noise_velocity") / stage_i(d, "feature_velocity"),
                      1),
             per_seed(tr, lambda d: stage_i(d, "noise_memory")),
+            " / ".join(f"{growth(d, 'feature_grad'):.1f}, "
+                       f"{math.sqrt(growth(d, 'noise_grad_sq')):.0f}"
+                       for d in tr["seeds"].values()),
             per_seed(tr, lambda d: d["turn"], 0), per_seed(tr, lambda d: d["flip"], 0),
             " / ".join(f"{a:.2f}, {b:.2f}" for a, b in
                        (d["outputs"] for d in tr["seeds"].values())),
+            " / ".join(f"{a}, {b}" for a, b in (d["positive"] for d in tr["seeds"].values())),
             per_seed(tr, lambda d: d["summary"].get("test_error", math.nan), 3)]) + " |")
     draw_comparison(runs, out / "comparison.png")
     draw_trajectories(runs, out / "trajectories.png")
@@ -632,6 +702,7 @@ def build(root: Path, out: Path) -> Path:
         head.append(f"| {sweep.name} | {spec.conf} | {grid} | {spec.seeds} | {len(cells)} | "
                     f"{' '.join(spec.overrides) or '-'} |")
     body = (betas_section(root, figs) + eps_section(root, figs) + sign_section(root, figs)
+            + objectives_section(root)
             + trajectory_section(root, figs) + disjoint_section(root) + long_section(root))
     path = out / "mechanism_tables.md"
     write_text(path, "\n".join(head + [""] + body))

@@ -160,13 +160,14 @@ class StepSizeCallback(L.Callback):
                 "grad_decay": self.lam * _on_v(w, D.v, D.supp)}
 
     # -- checkpoints and outputs --------------------------------------------------------------
+    HISTORY = ("steps", "lrs", "feature", "noise")  # what checkpoints keep; a resumed run appends
+
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "lrs": self.lrs, "feature": self.feature,
-                "noise": self.noise}
+        return {name: getattr(self, name) for name in self.HISTORY}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps, self.lrs, self.feature, self.noise = (
-            list(state[k]) for k in ("steps", "lrs", "feature", "noise"))
+        for name in self.HISTORY:
+            setattr(self, name, list(state[name]))
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._remove_hooks()

@@ -289,7 +289,8 @@ def _validate_data(cfg: DictConfig) -> None:
     unused = [k for k, v in OmegaConf.to_container(d).items()
               if k != "task" and k not in task.keys and v != _DATA_DEFAULTS[k]]
     _check(not unused, f"data.{unused[0] if unused else ''}",
-           f"the default with data.task={d.task} (it reads only {', '.join(task.keys)})", cfg)
+           f"its default: data.task={d.task} does not use it (it reads {', '.join(task.keys)})",
+           cfg)
     _check(d.d >= 2, "data.d", "an integer >= 2", cfg)
     _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
     _check(d.n_test > 0, "data.n_test", "an integer > 0", cfg)

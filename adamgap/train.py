@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,17 @@ from adamgap.step_sizes import StepSizeCallback
 from adamgap.tasks.image_patches import ImagePatchDataModule
 from adamgap.tasks.planted import PlantedDataModule
 from adamgap.tasks.resnet import ImageDataModule, ResNetClassifier
+
+# Warnings that say nothing about a run, silenced so that a real one stands out: the run
+# directory exists before the CSV logger starts (metrics.csv is ours to keep: checkpointing.py);
+# Lightning's hint that `srun` exists on a machine with Slurm installed; torch's notes that its
+# sparse CSR tensors are a beta feature without invariant checks; a deprecation inside Lightning.
+for _message in ("Experiment logs directory .* exists and is not empty",
+                 "The `srun` command is available on your system but is not used",
+                 "Sparse CSR tensor support is in beta state",
+                 "Sparse invariant checks are implicitly disabled",
+                 r"`isinstance\(treespec, LeafSpec\)` is deprecated"):
+    warnings.filterwarnings("ignore", _message)
 
 # Names the default run directory. Every DDP rank and every restart of a requeued Slurm job must
 # agree on it: slurm/*.sbatch set it from the job id, and run() hands its own to the processes

@@ -332,6 +332,7 @@ def failures(all_groups: list[Group]) -> list[str]:
 def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
     """Write ``out/report.md`` and its PNGs from ``sweep_dirs``; return the report's path."""
     out = Path(out)
+    here = provenance.collect()  # before this report writes into the tree
     out.mkdir(parents=True, exist_ok=True)
     head = ["# The Adam-GD generalization gap: report", "",
             "From `python scripts/report.py " + " ".join(map(str, sweep_dirs)) + "`.", "",
@@ -358,8 +359,8 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
     body = optimizer_sections(league, out) + phase_sections(surfaces, out) + body
     runs = provenance.lines_of([summary for g in all_groups for c in g.cells
                                 if (summary := read(cell_dir(g.sweep, c))) is not None])
-    head[3:3] = [*(f"Runs: {line}." for line in runs), "",
-                 f"Report: {provenance.line(provenance.collect())}.", ""]
+    head[4:4] = [*(f"Runs: {line}." for line in runs), "",
+                 f"Report: {provenance.line(here)}.", ""]
     text = "\n".join(head + [""] + body + failures(all_groups))
     write_text(out / "report.md", text)
     return out / "report.md"

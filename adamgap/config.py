@@ -112,10 +112,15 @@ class TrainerConfig:
 
 @dataclass
 class AlignConfig:
-    """The alignment callback (feature learning and noise memorization, Figure 2)."""
+    """What a run measures of W: the alignment callback (feature learning and noise
+    memorization, Figure 2) and the step-size callback (Section 5's per-coordinate steps)."""
 
     enabled: bool = True
     every: int = 100  # record every k steps (and at steps 0 and T)
+    # per-coordinate step sizes and optimizer state on the feature and noise coordinates
+    # (adamgap/step_sizes.py; data.task=synthetic): the step of every k-th iteration and the last
+    step_sizes: bool = False
+    step_sizes_every: int = 10
 
 
 @dataclass
@@ -312,6 +317,9 @@ def validate(cfg: DictConfig) -> None:
     _check(not (cfg.align.enabled and cfg.data.patches == 1 and cfg.data.task in
                 ("synthetic", "planted")), "align.enabled",
            "false with data.patches=1 (no noise patch to measure noise memorization on)", cfg)
+    _check(cfg.align.step_sizes_every >= 1, "align.step_sizes_every", "an integer >= 1", cfg)
+    _check(not cfg.align.step_sizes or cfg.data.task == "synthetic", "align.step_sizes",
+           "false unless data.task=synthetic (it reads Definition 3.1's noise supports)", cfg)
     _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
            "offline | online | disabled", cfg)
     _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)

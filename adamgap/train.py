@@ -2,7 +2,8 @@
 
 ``run(cfg)`` is what ``scripts/train.py`` calls and what the tests call. A run directory holds
 ``config.yaml`` (resolved), ``metrics.csv`` (Lightning's CSV logger), ``alignment.csv``,
-``alignment.pt``, ``figures/alignment.png``, ``summary.json``, and
+``alignment.pt``, ``figures/alignment.png``, ``summary.json``, ``step_sizes.csv`` and
+``step_sizes.pt`` (when ``align.step_sizes``), and
 ``checkpoints/last.ckpt`` and ``run.lock`` (docs/reliability.md: resume, divergence, locking).
 """
 
@@ -41,6 +42,7 @@ from adamgap.runtime.checkpointing import (
     resume_from,
 )
 from adamgap.runtime.divergence import Diverged, DivergenceCallback
+from adamgap.step_sizes import StepSizeCallback
 from adamgap.tasks.image_patches import ImagePatchDataModule
 from adamgap.tasks.planted import PlantedDataModule
 from adamgap.tasks.resnet import ImageDataModule, ResNetClassifier
@@ -191,6 +193,11 @@ def _train(cfg: DictConfig, dm: L.LightningDataModule, run_dir: Path,
     if cfg.align.enabled:
         align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg))
         callbacks.append(align)
+    step_sizes = None
+    if cfg.align.step_sizes:
+        step_sizes = StepSizeCallback(run_dir, cfg.align.step_sizes_every, module.lam,
+                                      seeds_of(cfg))
+        callbacks.append(step_sizes)
     k = steps_per_batch(cfg)  # optimizer steps per Lightning training step (batch)
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every // k)))
@@ -228,8 +235,10 @@ def _train(cfg: DictConfig, dm: L.LightningDataModule, run_dir: Path,
                                                stop if isinstance(stop, Interrupted) else None)
         result = summary.assemble(cfg.conf, rows, provenance.collect())
         if trainer.is_global_zero:
-            if isinstance(stop, Diverged) and align is not None:
-                align.write()  # the trajectory up to the divergence, for the post-mortem
+            if isinstance(stop, Diverged):  # the trajectories up to the divergence, for the
+                for recorder in (align, step_sizes):  # post-mortem
+                    if recorder is not None:
+                        recorder.write()
             atomic_write(run_dir / "weights.pt",
                          lambda f: torch.save(module.net.state_dict(), f), binary=True)
             write_json(run_dir / "summary.json", result)

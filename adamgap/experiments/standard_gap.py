@@ -74,11 +74,14 @@ def _grids(family: str) -> dict[str, tuple[float, ...]]:
     return {f"{family}_sgd": SGD_GRID, f"{family}_adam": ADAM_GRID, f"{family}_adamw": ADAM_GRID}
 
 
-FIGURE1_PATCH = (  # Figure 1 of the patch CNN (GD vs Adam, one W(0) per seed), 3 seeds each
+FIGURE1_PATCH = (  # Figure 1 of the paper's network (GD vs Adam, one W(0) per seed), 3 seeds
     Extra("planted", ("sweep.grid.conf=[fmnist_patch_adam,fmnist_patch_gd]", "sweep.seeds=3",
                       "conf=fmnist_patch_adam")),
     Extra("image_patches", ("sweep.grid.conf=[fmnist_grid_adam,fmnist_grid_gd]",
                             "sweep.seeds=3", "conf=fmnist_grid_adam")),
+    # the same network as a convolution over every 7x7 patch of the whole image
+    Extra("patchconv", ("sweep.grid.conf=[fmnist_patchconv_adam,fmnist_patchconv_gd]",
+                        "sweep.seeds=3", "sweep.chunk=1", "conf=fmnist_patchconv_adam")),
 )
 PROTOCOLS = {
     # Fashion-MNIST on this project's 2-core CPU (docs/realcnn.md: the measured wall time)

@@ -244,7 +244,9 @@ def section(protocol_dir: str | Path, out: str | Path) -> str:
              f"(seed {record['protocol']['tune_seed']}), then seeds 0-"
              f"{record['protocol']['seeds'] - 1}. Wall time: tuning {wall.get('tune', 0):.0f} "
              f"s, seeds {wall.get('final', 0):.0f} s, extra sweeps {wall.get('extra', 0):.0f} s "
-             "(of the last invocation; a resumed stage counts only what it ran).", ""]
+             "(summed over the invocations of a resumed protocol"
+             + (f": {record['wall_seconds_note']}" if "wall_seconds_note" in record else "")
+             + ").", ""]
     gap_runs = {}
     for augment in record["protocol"]["augment"]:
         a = "true" if augment else "false"

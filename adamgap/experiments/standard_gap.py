@@ -162,12 +162,15 @@ def run(name: str, protocol: Protocol, out: str | Path, jobs: int = 2,
         # a bad override or grid fails here, before anything is written; so do a missing
         # dataset and a training subset larger than the split (the datamodule's checks)
         build_datamodule(config_of(plan(parse_args(argv))[0], out))
+    # a resumed protocol adds its stages' wall times to those of the invocations before it
+    before = (json.loads((out / "protocol.json").read_text()).get("wall_seconds", {})
+              if (out / "protocol.json").is_file() else {})
     record: dict = {"name": name, "protocol": asdict(protocol), "overrides": overrides,
                     "tuning": {}, "chosen": {}, "final": {}, "extras": {}, "wall_seconds": {}}
     start = time.perf_counter()
     for argv in tunes.values():  # 1. tune
         _sweep(argv, progress)
-    record["wall_seconds"]["tune"] = time.perf_counter() - start
+    record["wall_seconds"]["tune"] = before.get("tune", 0.0) + time.perf_counter() - start
     for conf in protocol.grids:  # 2. choose
         losses = tuning_losses(tune_dir(out, conf))
         record["tuning"][conf] = {render(a): {render(lr): v for lr, v in sorted(ls.items())}
@@ -184,11 +187,11 @@ def run(name: str, protocol: Protocol, out: str | Path, jobs: int = 2,
                         f"data.augment={render(a)}", f"sweep.seeds={protocol.seeds}",
                         "sweep.chunk=1", f"sweep.dir={final_dir(out, conf, a)}"], progress)
             record["final"].setdefault(conf, {})[render(a)] = str(d.relative_to(out))
-    record["wall_seconds"]["final"] = time.perf_counter() - start
+    record["wall_seconds"]["final"] = before.get("final", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
     for extra, argv in extras.items():  # 4. extra
         record["extras"][extra] = str(_sweep(argv, progress).relative_to(out))
-    record["wall_seconds"]["extra"] = time.perf_counter() - start
+    record["wall_seconds"]["extra"] = before.get("extra", 0.0) + time.perf_counter() - start
     record["provenance"] = provenance.collect()
     write_json(out / "protocol.json", record)
     return record

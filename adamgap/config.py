@@ -56,18 +56,24 @@ class DataConfig:
     noise_coords: str = "all"  # planted: xi' on s of all d coordinates | outside the image's D
     feature_noise: str = "opposite"  # planted: +alpha x opposite-class image | same: -alpha x own
     grid: int = 4  # image_patches: grid x grid non-overlapping patches per image (P = grid^2)
-    augment: bool = False  # images: random crop (padding 4) and horizontal flip
+    augment: bool = False  # images: random crop (padding 4) and horizontal flip, drawn from the
+    # seed and the step (a resumed run sees the same batches)
     workers: int = 0  # images: DataLoader worker processes
 
 
 @dataclass
 class ModelConfig:
-    """The two-layer patch CNN of Section 3 (or its linear, convex counterpart)."""
+    """The two-layer patch CNN of Section 3 (or its linear, convex counterpart); on whole images
+    (``data.task=images``) the same network as a convolution, or a standard CNN."""
 
-    name: str = "patch_cnn"  # patch_cnn: sigma(z) = max(z, 0)^q | linear: sigma(z) = z
+    name: str = "patch_cnn"  # patch_cnn: sigma(z) = max(z, 0)^q | linear: sigma(z) = z |
+    # on images: patch_conv (Section 3's CNN over k x k patches) | cnn (DeepOBS's 2c2d) | resnet18
     m: int = 20  # filters per class
     q: float = 3.0  # activation power, q >= 1 (the theory needs q >= 3)
     sigma_0: float = 0.01  # init std of W(0)
+    kernel: int = 7  # patch_conv: k x k patches (7: the 7x7 patches of 28x28 images as a grid)
+    stride: int = 1  # patch_conv: 1 overlapping patches | kernel: the grid of image_patches
+    width: int = 32  # cnn: conv1 filters (conv2 2x, dense 32x); 32 is DeepOBS's fmnist_2c2d
 
 
 @dataclass
@@ -113,10 +119,15 @@ class TrainerConfig:
 @dataclass
 class AlignConfig:
     """What a run measures of W: the alignment callback (feature learning and noise
-    memorization, Figure 2) and the step-size callback (Section 5's per-coordinate steps)."""
+    memorization, Figure 2, where the feature is planted; the first layer's alignment with the
+    data, ``adamgap.first_layer``, on real images) and the step-size callback (Section 5's
+    per-coordinate steps)."""
 
     enabled: bool = True
     every: int = 100  # record every k steps (and at steps 0 and T)
+    variance: float = 0.95  # first layer: share of the training patches' energy that the
+    # feature subspace (their top principal components) explains; the rest is the noise subspace
+    images: int = 1000  # first layer: training and test examples it measures on (at most)
     # per-coordinate step sizes and optimizer state on the feature and noise coordinates
     # (adamgap/step_sizes.py; data.task=synthetic): the step of every k-th iteration and the last
     step_sizes: bool = False
@@ -320,6 +331,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.align.step_sizes_every >= 1, "align.step_sizes_every", "an integer >= 1", cfg)
     _check(not cfg.align.step_sizes or cfg.data.task == "synthetic", "align.step_sizes",
            "false unless data.task=synthetic (it reads Definition 3.1's noise supports)", cfg)
+    _check(0 < cfg.align.variance <= 1, "align.variance", "a share in (0, 1]", cfg)
+    _check(cfg.align.images >= 1, "align.images", "an integer >= 1", cfg)
     _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
            "offline | online | disabled", cfg)
     _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
@@ -404,9 +417,7 @@ def _validate_planted(cfg: DictConfig) -> None:
 def _validate_image_patches(cfg: DictConfig) -> None:
     """Images cut into a grid of patches (``adamgap.tasks.image_patches``)."""
     d = cfg.data
-    classes = _image_classes(cfg)
-    _check(not cfg.align.enabled or len(classes) == 2, "align.enabled",
-           "false here: alignment needs two classes and patch inputs", cfg)
+    _image_classes(cfg)
     C, side = DATASETS[d.dataset].channels, d.image_size or DATASETS[d.dataset].side
     _check(d.grid >= 1 and side % d.grid == 0, "data.grid", f"a divisor of the image side {side}",
            cfg)
@@ -415,22 +426,32 @@ def _validate_image_patches(cfg: DictConfig) -> None:
 
 
 def _validate_images(cfg: DictConfig) -> None:
-    """Whole images for a real CNN (``adamgap.tasks.resnet``)."""
+    """Whole images for a CNN (``adamgap.tasks.images``)."""
     _image_classes(cfg)
-    _check(not cfg.align.enabled, "align.enabled",
-           "false here: alignment needs two classes and patch inputs", cfg)
     _check(cfg.run.replicas == 1, "run.replicas", "1 with data.task=images", cfg)
 
 
 def _validate_model(cfg: DictConfig) -> None:
     mo = cfg.model
-    _check(mo.name in ("patch_cnn", "linear", "resnet18"), "model.name",
-           "patch_cnn | linear | resnet18", cfg)
-    _check((mo.name == "resnet18") == (cfg.data.task == "images"), "model.name",
-           "resnet18 exactly when data.task=images", cfg)
+    _check(mo.name in MODELS, "model.name", " | ".join(MODELS), cfg)
+    images = tuple(name for name, model in MODELS.items() if model.images)
+    on_images = cfg.data.task == "images"
+    _check(MODELS[mo.name].images == on_images, "model.name",
+           f"{' | '.join(images)} with data.task=images" if on_images else
+           f"{' | '.join(images)} only with data.task=images", cfg)
+    unused = [k for k, v in OmegaConf.to_container(mo).items()
+              if k != "name" and k not in MODELS[mo.name].keys and v != _MODEL_DEFAULTS[k]]
+    _check(not unused, f"model.{unused[0] if unused else ''}",
+           f"the default with model.name={mo.name} (it reads only "
+           f"{', '.join(MODELS[mo.name].keys) or 'no model.* key'})", cfg)
     _check(mo.m >= 1, "model.m", "an integer >= 1", cfg)
     _check(mo.q >= 1 and math.isfinite(mo.q), "model.q", "a number >= 1", cfg)
     _check(_nonnegative(mo.sigma_0), "model.sigma_0", "a number >= 0", cfg)
+    _check(mo.width >= 1, "model.width", "an integer >= 1", cfg)
+    _check(mo.stride >= 1, "model.stride", "an integer >= 1", cfg)
+    if on_images:
+        side = DATASETS[cfg.data.dataset].side
+        _check(1 <= mo.kernel <= side, "model.kernel", f"1..{side} (the image side)", cfg)
 
 
 def _validate_optim(cfg: DictConfig) -> None:
@@ -496,7 +517,8 @@ def _one_step_per_batch(cfg: DictConfig) -> str | None:
     if t.precision in ("16-mixed", "16"):
         return f"with trainer.precision={t.precision} (the loss is scaled in Lightning's backward)"
     if cfg.data.task == "images":
-        return "with data.task=images (its DataLoader yields one mini-batch per item)"
+        return ("with data.task=images (a CNN's mini-batch step outweighs Lightning's per-step "
+                "cost: every step goes through Lightning)")
     return None
 
 
@@ -582,6 +604,25 @@ TASKS = {
                    _validate_images),
 }
 _DATA_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(DataConfig))
+
+
+@dataclass(frozen=True)
+class Model:
+    """A value of ``model.name``: the ``model.*`` keys its network reads (``adamgap.train.
+    build_module``) and whether it takes whole images (``data.task=images``) or patches."""
+
+    keys: tuple[str, ...]
+    images: bool
+
+
+MODELS = {
+    "patch_cnn": Model(("m", "q", "sigma_0"), images=False),  # Section 3
+    "linear": Model(("m", "q", "sigma_0"), images=False),  # Theorem 4.2's convex control
+    "patch_conv": Model(("m", "q", "sigma_0", "kernel", "stride"), images=True),  # Section 3
+    "cnn": Model(("width",), images=True),  # DeepOBS's 2c2d
+    "resnet18": Model((), images=True),  # torchvision's, for 32x32
+}
+_MODEL_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(ModelConfig))
 
 
 def to_yaml(cfg: DictConfig) -> str:

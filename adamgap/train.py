@@ -2,8 +2,9 @@
 
 ``run(cfg)`` is what ``scripts/train.py`` calls and what the tests call. A run directory holds
 ``config.yaml`` (resolved), ``metrics.csv`` (Lightning's CSV logger), ``alignment.csv``,
-``alignment.pt``, ``figures/alignment.png``, ``summary.json``, ``step_sizes.csv`` and
-``step_sizes.pt`` (when ``align.step_sizes``), and
+``alignment.pt``, ``figures/alignment.png``, ``summary.json``, ``weights.pt``, the first-layer
+filters at W(0) and at the end (``filters.pt``, ``figures/filters.png``), ``step_sizes.csv``
+and ``step_sizes.pt`` (when ``align.step_sizes``), and
 ``checkpoints/last.ckpt`` and ``run.lock`` (docs/reliability.md: resume, divergence, locking).
 """
 
@@ -25,11 +26,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from adamgap import preflight, provenance, summary
+from adamgap import first_layer, preflight, provenance, summary
 from adamgap.alignment import AlignmentCallback
-from adamgap.config import TASKS, seeds_of, steps_per_batch, to_yaml
+from adamgap.config import MODELS, TASKS, seeds_of, steps_per_batch, to_yaml
 from adamgap.data import SyntheticDataModule
 from adamgap.errors import OutputError
+from adamgap.figures import plot_filters
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
 from adamgap.outputs import atomic_write, write_json, write_text
@@ -44,8 +46,8 @@ from adamgap.runtime.checkpointing import (
 from adamgap.runtime.divergence import Diverged, DivergenceCallback
 from adamgap.step_sizes import StepSizeCallback
 from adamgap.tasks.image_patches import ImagePatchDataModule
+from adamgap.tasks.images import ImageClassifier, ImageDataModule
 from adamgap.tasks.planted import PlantedDataModule
-from adamgap.tasks.resnet import ImageDataModule, ResNetClassifier
 
 # Warnings that say nothing about a run, silenced so that a real one stands out: the run
 # directory exists before the CSV logger starts (metrics.csv is ours to keep: checkpointing.py);
@@ -108,15 +110,16 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     task = cfg.data.task
     data = OmegaConf.to_container(cfg.data)
     kwargs = {key: data[key] for key in TASKS[task].keys}
-    if task != "images":  # its DataLoader yields one mini-batch per item
+    if task != "images":  # one optimizer step per Lightning step (config.steps_per_batch)
         kwargs["steps_per_batch"] = steps_per_batch(cfg)
     return DATAMODULES[task](seeds_of(cfg), max_steps=cfg.trainer.max_steps, **kwargs)
 
 
 def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
     mo = cfg.model
-    if mo.name == "resnet18":
-        net = ResNetClassifier(dm.num_classes, dm.channels, cfg.seed)
+    if MODELS[mo.name].images:  # given by name the model.* settings it reads (config.MODELS)
+        net = ImageClassifier(mo.name, dm.channels, dm.side, dm.num_classes, cfg.seed,
+                              **{key: mo[key] for key in MODELS[mo.name].keys})
     else:
         net = PatchCNN(dm.d, mo.m, mo.q, mo.sigma_0, seeds_of(cfg), linear=mo.name == "linear",
                        classes=getattr(dm, "num_classes", 2))
@@ -186,12 +189,14 @@ def _train(cfg: DictConfig, dm: L.LightningDataModule, run_dir: Path,
     if cfg.run.resume and rundir.inspect(run_dir) in rundir.FINISHED:
         return summary.read(run_dir)  # nothing left to do (e.g. a requeued, finished job)
     module = build_module(cfg, dm)
+    filters_init = first_layer.filter_images(module.net, dm)  # W(0): a resumed run's too
     t = cfg.trainer
     diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, cfg.optim.lr, t.log_every)
     callbacks: list[L.Callback] = [diverge, checkpoint, *requeue.callbacks()]
     align = None
     if cfg.align.enabled:
-        align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg))
+        align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg), cfg.align.variance,
+                                  cfg.align.images)
         callbacks.append(align)
     step_sizes = None
     if cfg.align.step_sizes:
@@ -241,6 +246,8 @@ def _train(cfg: DictConfig, dm: L.LightningDataModule, run_dir: Path,
                         recorder.write()
             atomic_write(run_dir / "weights.pt",
                          lambda f: torch.save(module.net.state_dict(), f), binary=True)
+            write_filters(run_dir, filters_init, first_layer.filter_images(module.net, dm),
+                          rows[0])
             write_json(run_dir / "summary.json", result)
             if cfg.logger.wandb.enabled:
                 wandb_run.finish(trainer.loggers, result, run_dir)
@@ -280,6 +287,21 @@ def _remove_if_empty(run_dir: Path) -> None:
         with contextlib.suppress(OSError):
             (run_dir / rundir.LOCK).unlink()
             run_dir.rmdir()
+
+
+def write_filters(run_dir: Path, init: torch.Tensor, final: torch.Tensor, row: dict) -> None:
+    """``filters.pt`` (the first-layer filters of every replica at W(0) and at the end, as
+    ``first_layer.filter_images`` gives them) and ``figures/filters.png`` (replica 0's, with
+    the first layer's feature energy where it was measured)."""
+    atomic_write(run_dir / "filters.pt", lambda f: torch.save({"init": init, "final": final}, f),
+                 binary=True)
+    key = "first_layer_feature_energy"
+    where = {"init": f"{key}_init", "final": key}
+    titles = {part: f"seed {row['seed']}, {label}" + (
+        f": feature energy {row[where[part]]:.2f}" if where[part] in row else "")
+        for part, label in (("init", "W(0)"), ("final", f"step {row['steps']}"))}
+    plot_filters([(titles["init"], init[0]), (titles["final"], final[0])],
+                 run_dir / "figures" / "filters.png")
 
 
 def replica_rows(cfg: DictConfig, module: GapModule, align: AlignmentCallback | None,

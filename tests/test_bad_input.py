@@ -23,6 +23,7 @@ from helpers import ROOT, hold_lock
 
 from adamgap import config, train
 from adamgap.cli import main as train_main
+from adamgap.experiments.standard_gap import main as standard_gap_main
 from adamgap.experiments.sweep import main as sweep_main
 from adamgap.tasks import datasets
 
@@ -40,7 +41,8 @@ BROKEN_CONFS = {  # conf/NAME.yaml -> content, the broken experiment files the d
 
 def documented_cases() -> list[tuple[str, str, str]]:
     """(script, input, stderr line) for every table row of docs/bad_input.md; the script is
-    named in the section heading: ``(scripts/train.py)`` or ``(scripts/sweep.py)``."""
+    named in the section heading: ``(scripts/train.py)``, ``(scripts/sweep.py)`` or
+    ``(scripts/standard_gap.py)``."""
     script, cases = None, []
     for line in DOC.read_text().splitlines():
         heading = re.match(r"#+ .*\(scripts/(\w+)\.py\)", line)
@@ -133,7 +135,9 @@ def test_rejected(script, arg, expected, places, request, capsys):
             argv.append("sweep.dir=RUN_DIR")
         argv = [re.sub("|".join(places), lambda m: places[m.group(0)], a) for a in argv]
         before = {k: snapshot(Path(v)) for k, v in places.items() if k != "TMP"}
-        code = train_main(train.run, argv) if script == "train" else sweep_main(argv)
+        mains = {"train": lambda a: train_main(train.run, a), "sweep": sweep_main,
+                 "standard_gap": standard_gap_main}
+        code = mains[script](argv)
         captured = capsys.readouterr()
         assert code == 2
         assert "Traceback" not in captured.err

@@ -30,7 +30,12 @@ SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every
 TASKS = {"adam": ("synthetic_adam", []),  # full batch
          "adam1": ("synthetic_adam", ["trainer.steps_per_batch=1"]),
          "sgd": ("synthetic_sgd", ["data.batch_size=8"]),  # mini-batches: data order matters
-         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
+         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"]),
+         # a CNN on whole images with the standard augmentation: crops, flips and the batch
+         # order are drawn from the seed and the step (adamgap/tasks/images.py)
+         # (3 batches of 12 of the 40 images per epoch: step 40 resumes inside an epoch)
+         "images": ("fmnist_cnn_sgd", ["data.batch_size=12", "data.n_test=100", "model.width=4",
+                                       "data.augment=true", "align.images=40"])}
 
 
 
@@ -79,6 +84,8 @@ def checkpoint_step(run_dir: Path) -> int:
     ("ensemble", 70, 60),
     ("adam1", 47, 40),
     ("adam1", 73, 60),
+    ("images", 47, 40),  # after the evaluation of step 40, inside an epoch
+    ("images", 73, 60),
 ])
 def test_crash_then_resume_equals_uninterrupted(task, crash_at, resumes_from, tmp_path,
                                                 reference, with_callback):

@@ -1,5 +1,6 @@
 """What several test files share: the tiny configuration, a lock held by another process,
-and a run summary without its wall times. (Fixtures live in ``conftest.py``.)"""
+a run summary without its wall times, and callbacks that act at a chosen step. (Fixtures live
+in ``conftest.py``.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from adamgap.config import TASKS, DataConfig, TrainerConfig, load_config
@@ -59,3 +61,19 @@ def synthetic_datamodule(seeds=(0,), steps_per_batch: int = 1, **data
                                  steps_per_batch=steps_per_batch, **settings)
     dm.setup("fit")
     return dm
+
+
+class Crash(BaseException):
+    """Stands for a kill: nothing of the run is saved after it (Lightning only flushes logs)."""
+
+
+class At(L.Callback):
+    """Calls ``act()`` once, at the end of training step ``step`` (before any checkpoint)."""
+
+    def __init__(self, step: int, act):
+        self.step, self.act, self.done = step, act, False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.done:
+            self.done = True
+            self.act()

@@ -64,16 +64,16 @@ class Disk:
 
     def fill(self) -> None:
         """Write zeros to ``filler`` until the disk is full."""
-        with open(self.path / "filler", "wb") as f:
-            try:
+        try:
+            with open(self.path / "filler", "wb") as f:
                 while True:
                     f.write(b"\0" * (1 << 16))
                     f.flush()
-            except OSError as err:
-                assert err.errno == 28  # ENOSPC
+        except OSError as err:  # also when not even the empty file fits any more
+            assert err.errno == 28  # ENOSPC
 
     def free(self) -> None:
-        (self.path / "filler").unlink()
+        (self.path / "filler").unlink(missing_ok=True)
 
     def remount(self, mode: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
@@ -84,7 +84,7 @@ class Disk:
 
 @pytest.fixture
 def disk(tmp_path):
-    d = Disk(tmp_path / "disk", "8m")
+    d = Disk(tmp_path / "disk", "32m")  # room for a sweep's cells and figures
     yield d
     d.unmount()
 

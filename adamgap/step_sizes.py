@@ -226,16 +226,21 @@ class _Supports:
 
     def __init__(self, dm, device: torch.device) -> None:
         train = dm.train  # PatchSet: index / value (K, n, P, L), L = s + |supp v|
-        K, n, P, _ = train.index.shape
+        K, n, P, L = train.index.shape
         s = dm.s
         self.v = dm.v.to(device)
         self.supp = self.v.nonzero().flatten()
         where = train.feature_patch  # (K, n)
         self.feature_patch = (torch.arange(P)[None, None] == where[..., None]).to(device)
         order = torch.argsort(self.feature_patch.int().cpu(), dim=-1, stable=True)[..., :P - 1]
-        pick = order[..., None].expand(-1, -1, -1, s)  # the noise patches, in patch order
-        self.index = train.index[..., :s].gather(2, pick).to(device)  # (K, n, P-1, s)
-        self.xi = train.value[..., :s].gather(2, pick).to(device)
+        pick = order[..., None].expand(-1, -1, -1, L)  # the noise patches, in patch order
+        index, value = train.index.gather(2, pick), train.value.gather(2, pick)
+        # a noise patch's entries: its s Gaussian coordinates and -alpha y v on supp(v), in
+        # whatever order the patch set stores them; keep the s outside supp(v)
+        outside = torch.argsort(torch.isin(index, self.supp.cpu()).int(), dim=-1,
+                                stable=True)[..., :s]
+        self.index = index.gather(-1, outside).to(device)  # (K, n, P-1, s)
+        self.xi = value.gather(-1, outside).to(device)
         self.x_v = (train.value * dm.v[train.index]).sum(-1).to(device)  # (K, n, P)
         self.cls = (train.y < 0).long().to(device)  # 0: class +1's filters, 1: class -1's
         self.y = dm.y_train.to(device)

@@ -36,7 +36,7 @@ from adamgap import provenance, train
 from adamgap.config import load_config
 from adamgap.outputs import write_json
 from adamgap.summary import replicas_of
-from adamgap.tasks.resnet import ResNetClassifier
+from adamgap.tasks.images import ImageClassifier
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def cnn_throughput(sizes: Sizes, accelerator: str) -> dict:
 
 def _images_per_second(sizes: Sizes, device: torch.device, x: torch.Tensor, y: torch.Tensor,
                        bf16: bool) -> float:
-    net = ResNetClassifier(10, 3, seed=0).to(device)
+    net = ImageClassifier("resnet18", 3, 32, 10, seed=0).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
 
     def step() -> None:

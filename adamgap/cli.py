@@ -1,6 +1,8 @@
 """The command line of ``scripts/train.py``: parse ``conf=NAME key=value ...``, check the
 configuration, train, print one JSON line per seed. A bad configuration is one line on stderr
-and exit status 2, with no traceback and nothing written."""
+and exit status 2, with no traceback and nothing written; a run that cannot go on (a full disk,
+no readable checkpoint) one line and status 1; Ctrl-C one line saying how to resume and status
+130."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from adamgap import preflight
 from adamgap.config import load_config, parse_overrides
-from adamgap.errors import ConfigError
+from adamgap.errors import ConfigError, RunError
+from adamgap.runtime.checkpointing import Interrupted
+from adamgap.startup import SIGINT_STATUS
 from adamgap.summary import replicas_of
 
 PRINTED = ("status", "train_error", "test_error", "feature_learning", "noise_memorization",
@@ -21,7 +25,8 @@ PRINTED = ("status", "train_error", "test_error", "feature_learning", "noise_mem
 
 def main(run: Callable, argv: list[str]) -> int:
     """``run`` (``adamgap.train.run``) the configuration ``argv`` names. Exit status: 0 when
-    the run completed, 1 when it diverged or was interrupted, 2 for a bad configuration."""
+    the run completed, 1 when it diverged, was stopped (SIGTERM) or could not go on, 2 for a
+    bad configuration, 130 when SIGINT (Ctrl-C) stopped it."""
     if any(a in ("-h", "--help") for a in argv):
         print(sys.modules["__main__"].__doc__ or "usage: conf=NAME [key=value ...]")
         return 0
@@ -33,10 +38,22 @@ def main(run: Callable, argv: list[str]) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:  # stopped at once: before the run, or while writing its results
+        print(f"error: {err}", file=sys.stderr)
+        return SIGINT_STATUS
+    except KeyboardInterrupt:  # before train.run listens for SIGINT: nothing was written
+        print("error: stopped by SIGINT before the run started; nothing was written",
+              file=sys.stderr)
+        return SIGINT_STATUS
     rows = replicas_of(summary) if rank_zero_only.rank == 0 else []  # DDP: print once
     for row in rows:
         print(json.dumps({"conf": summary["conf"], "seed": row["seed"],
                           **{k: row[k] for k in PRINTED if k in row}}))
         if row.get("error"):  # diverged or interrupted: the one line that says why
             print(f"error: {row['error']}", file=sys.stderr)
+    if any(row.get("stopped_by") == "SIGINT" for row in replicas_of(summary)):
+        return SIGINT_STATUS
     return 0 if summary.get("status") == "completed" else 1

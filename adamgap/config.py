@@ -10,7 +10,10 @@ impossible values with a :class:`ConfigError` whose message is one line naming t
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,10 @@ class DataConfig:
     feature_position: str = "random"  # random patch per example | fixed (patch 0)
     patches: int = 2  # P: one feature patch and P - 1 noise patches
     batch_size: int | None = None  # null -> n (full batch)
+    sampling: str = "shuffle"  # mini-batches: shuffle (each epoch a permutation: every example
+    # once) | replace (each epoch n // B batches of uniform draws with replacement)
+    last_batch: str = "drop"  # when B does not divide n: drop the n mod B left over each epoch
+    # | keep them as a smaller last batch
     sparse: bool | None = None  # sparse patch matrices; null -> when less than 25% dense
     # -- real images (tasks planted, image_patches, images; docs/realdata.md) ----------------
     dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 (torchvision)
@@ -53,18 +60,24 @@ class DataConfig:
     noise_coords: str = "all"  # planted: xi' on s of all d coordinates | outside the image's D
     feature_noise: str = "opposite"  # planted: +alpha x opposite-class image | same: -alpha x own
     grid: int = 4  # image_patches: grid x grid non-overlapping patches per image (P = grid^2)
-    augment: bool = False  # images: random crop (padding 4) and horizontal flip
+    augment: bool = False  # images: random crop (padding 4) and horizontal flip, drawn from the
+    # seed and the step (a resumed run sees the same batches)
     workers: int = 0  # images: DataLoader worker processes
 
 
 @dataclass
 class ModelConfig:
-    """The two-layer patch CNN of Section 3 (or its linear, convex counterpart)."""
+    """The two-layer patch CNN of Section 3 (or its linear, convex counterpart); on whole images
+    (``data.task=images``) the same network as a convolution, or a standard CNN."""
 
-    name: str = "patch_cnn"  # patch_cnn: sigma(z) = max(z, 0)^q | linear: sigma(z) = z
+    name: str = "patch_cnn"  # patch_cnn: sigma(z) = max(z, 0)^q | linear: sigma(z) = z |
+    # on images: patch_conv (Section 3's CNN over k x k patches) | cnn (DeepOBS's 2c2d) | resnet18
     m: int = 20  # filters per class
     q: float = 3.0  # activation power, q >= 1 (the theory needs q >= 3)
     sigma_0: float = 0.01  # init std of W(0)
+    kernel: int = 7  # patch_conv: k x k patches (7: the 7x7 patches of 28x28 images as a grid)
+    stride: int = 1  # patch_conv: 1 overlapping patches | kernel: the grid of image_patches
+    width: int = 32  # cnn: conv1 filters (conv2 2x, dense 32x); 32 is DeepOBS's fmnist_2c2d
 
 
 @dataclass
@@ -98,6 +111,8 @@ class TrainerConfig:
     """Lightning Trainer arguments (and how often the module logs and evaluates)."""
 
     max_steps: int = 10_000  # T
+    max_epochs: int | None = None  # passes over the training set instead of max_steps, which
+    # then is max_epochs x steps per epoch (n / B: data.n, data.batch_size, data.last_batch)
     accelerator: str = "cpu"  # cpu | gpu | auto
     devices: Any = 1  # int, list of ids or "auto"
     num_nodes: int = 1
@@ -115,10 +130,20 @@ class TrainerConfig:
 
 @dataclass
 class AlignConfig:
-    """The alignment callback (feature learning and noise memorization, Figure 2)."""
+    """What a run measures of W: the alignment callback (feature learning and noise
+    memorization, Figure 2, where the feature is planted; the first layer's alignment with the
+    data, ``adamgap.first_layer``, on real images) and the step-size callback (Section 5's
+    per-coordinate steps)."""
 
     enabled: bool = True
     every: int = 100  # record every k steps (and at steps 0 and T)
+    variance: float = 0.95  # first layer: share of the training patches' energy that the
+    # feature subspace (their top principal components) explains; the rest is the noise subspace
+    images: int = 1000  # first layer: training and test examples it measures on (at most)
+    # per-coordinate step sizes and optimizer state on the feature and noise coordinates
+    # (adamgap/step_sizes.py; data.task=synthetic): the step of every k-th iteration and the last
+    step_sizes: bool = False
+    step_sizes_every: int = 10
 
 
 @dataclass
@@ -163,8 +188,9 @@ def conf_names() -> list[str]:
     return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 
 
-def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
-    """Read ``conf/NAME.yaml`` and, recursively, the experiment it names as ``base``."""
+def _conf_nodes(name: str, chain: tuple[str, ...] = ()) -> list[DictConfig]:
+    """``conf/NAME.yaml`` and the experiments it is based on, each as written (without its
+    ``base`` key), the first base first."""
     path = CONF_DIR / f"{name}.yaml"
     which = f"conf={chain[-1]}: base {name}" if chain else f"conf={name}"
     if not path.is_file():
@@ -180,14 +206,14 @@ def _conf_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
         raise ConfigError(f"conf={name}: {path} must hold a mapping of config keys")
     base = node.pop("base", None)
     if base is None:
-        return node
-    return OmegaConf.merge(_conf_file(str(base), chain + (name,)), node)
+        return [node]
+    return [*_conf_nodes(str(base), chain + (name,)), node]
 
 
 def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, ValueError) as err:  # TypeError: a list for a dict
         key = getattr(err, "full_key", None) or _culprit(schema, node)
         msg = str(err).splitlines()[0]
         if "not in" in msg:
@@ -203,7 +229,7 @@ def _culprit(schema: DictConfig, node: Any, prefix: str = "") -> str:
     for key, value in node.items():
         try:
             OmegaConf.merge(schema, {key: value})
-        except OmegaConfBaseException:
+        except (OmegaConfBaseException, TypeError, ValueError):
             child = schema.get(key) if isinstance(schema, DictConfig) else None
             if isinstance(value, DictConfig) and isinstance(child, DictConfig):
                 return _culprit(child, value, f"{prefix}{key}.")
@@ -228,31 +254,105 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
     return name, rest
 
 
+@functools.lru_cache(maxsize=1)
+def _structured() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def schema() -> DictConfig:
+    """The schema with its defaults, a fresh copy (building it is ~10x slower than copying)."""
+    return copy.deepcopy(_structured())
+
+
+def _experiment(name: str) -> tuple[DictConfig, tuple[DictConfig, ...]]:
+    """Schema defaults <- ``conf/NAME.yaml`` (and its bases), with ``conf`` set, and the conf
+    files as written (the first base first); shared by every call for the same files
+    (``OmegaConf.merge`` copies what it merges, never changing it): a sweep or the input tests
+    load one experiment thousands of times."""
+    files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in CONF_DIR.glob("*.yaml")))
+    return _experiment_of(name, str(CONF_DIR), files)
+
+
+@functools.lru_cache(maxsize=64)
+def _experiment_of(name: str, conf_dir: str, files: tuple
+                   ) -> tuple[DictConfig, tuple[DictConfig, ...]]:
+    cfg = schema()
+    nodes = tuple(_conf_nodes(name)) if name != "default" else ()
+    if nodes:
+        cfg = _merge(cfg, OmegaConf.merge(*nodes), f"conf/{name}.yaml")
+    cfg.conf = name
+    return cfg, nodes
+
+
 def load_config(name: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Schema defaults <- ``conf/NAME.yaml`` (and its bases) <- ``overrides``; validated."""
-    cfg = OmegaConf.structured(Config)
-    if name != "default":
-        cfg = _merge(cfg, _conf_file(name), f"conf/{name}.yaml")
-    cfg.conf = name
+    cfg, files = _experiment(name)
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except Exception as err:  # OmegaConf's errors, and the YAML parser's for values like [1,2
-        bad = next(item for item in overrides if not _parses(item))
-        raise ConfigError(f"cannot parse '{bad}': its value is not valid YAML "
-                          f"({str(err).splitlines()[0]})") from None
+        raise ConfigError(_unparsable(list(overrides), str(err).splitlines()[0])) from None
     if "conf" in dotlist:
         raise ConfigError("'conf' is chosen with conf=NAME, not overridden inside a config")
     cfg = _merge(cfg, dotlist, "command line")
+    _resolve_epochs(cfg, files, dotlist)
     validate(cfg)
     return cfg
 
 
-def _parses(item: str) -> bool:
+def _resolve_epochs(cfg: DictConfig, files: list[DictConfig], dotlist: DictConfig) -> None:
+    """``trainer.max_steps`` from ``trainer.max_epochs``. The source read last (the schema,
+    each conf file of the ``base`` chain, the command line) that names either decides which
+    one counts; one source naming both is an error (one of them would be ignored)."""
+    for where, node in (*(("conf file", f) for f in files), ("command line", dotlist)):
+        trainer = node.get("trainer") if isinstance(node, DictConfig) else None
+        named = [k for k in ("max_steps", "max_epochs")
+                 if isinstance(trainer, DictConfig) and k in trainer]
+        if len(named) == 2 and trainer.max_epochs is not None:
+            raise ConfigError(f"trainer.max_steps and trainer.max_epochs are both set ({where}): "
+                              "give one of them")
+        if "max_steps" in named:
+            cfg.trainer.max_epochs = None
+    t = cfg.trainer
+    if t.max_epochs is not None:
+        _check(t.max_epochs >= 1, "trainer.max_epochs", "null or an integer >= 1", cfg)
+        d = cfg.data
+        _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
+        _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
+               f"null (full batch) or 1..n (n={d.n})", cfg)
+        t.max_steps = t.max_epochs * steps_per_epoch(d.n, d.batch_size, d.last_batch)
+
+
+def steps_per_epoch(n: int, batch_size: int | None, last_batch: str = "drop") -> int:
+    """Optimizer steps in one pass over n examples in batches of ``batch_size`` (null: n): the
+    remainder n mod B dropped or a smaller last batch."""
+    B = batch_size or n
+    return n // B if last_batch == "drop" else -(-n // B)
+
+
+def _parses(*items: str) -> bool:
     try:
-        OmegaConf.from_dotlist([item])
+        OmegaConf.from_dotlist(list(items))
     except Exception:
         return False
     return True
+
+
+def _unparsable(overrides: list[str], msg: str) -> str:
+    """The line for overrides that do not parse: the one whose value is not YAML, or two that
+    cannot both hold (``optim.kwargs=[]`` and ``optim.kwargs.foo=1``)."""
+    bad = next((item for item in overrides if not _parses(item)), None)
+    if bad is not None:
+        return f"cannot parse '{bad}': its value is not valid YAML ({msg})"
+    for i, second in enumerate(overrides):
+        first = next((o for o in overrides[:i] if not _parses(o, second)), None)
+        if first is not None:
+            return f"'{first}' and '{second}' cannot both hold ({msg})"
+    return f"cannot parse the overrides ({msg})"
+
+
+def _nonnegative(x: float) -> bool:
+    """A finite number >= 0 (NaN and infinity are not values a run can use)."""
+    return math.isfinite(x) and x >= 0
 
 
 def _check(ok: bool, key: str, allowed: str, cfg: DictConfig) -> None:
@@ -272,6 +372,14 @@ def validate(cfg: DictConfig) -> None:
     _validate_optim(cfg)
     _validate_trainer(cfg)
     _check(cfg.align.every >= 1, "align.every", "an integer >= 1", cfg)
+    _check(not (cfg.align.enabled and cfg.data.patches == 1 and cfg.data.task in
+                ("synthetic", "planted")), "align.enabled",
+           "false with data.patches=1 (no noise patch to measure noise memorization on)", cfg)
+    _check(cfg.align.step_sizes_every >= 1, "align.step_sizes_every", "an integer >= 1", cfg)
+    _check(not cfg.align.step_sizes or cfg.data.task == "synthetic", "align.step_sizes",
+           "false unless data.task=synthetic (it reads Definition 3.1's noise supports)", cfg)
+    _check(0 < cfg.align.variance <= 1, "align.variance", "a share in (0, 1]", cfg)
+    _check(cfg.align.images >= 1, "align.images", "an integer >= 1", cfg)
     _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode",
            "offline | online | disabled", cfg)
     _check(cfg.run.replicas >= 1, "run.replicas", "an integer >= 1", cfg)
@@ -287,18 +395,22 @@ def _validate_data(cfg: DictConfig) -> None:
     unused = [k for k, v in OmegaConf.to_container(d).items()
               if k != "task" and k not in task.keys and v != _DATA_DEFAULTS[k]]
     _check(not unused, f"data.{unused[0] if unused else ''}",
-           f"the default with data.task={d.task} (it reads only {', '.join(task.keys)})", cfg)
+           f"its default: data.task={d.task} does not use it (it reads {', '.join(task.keys)})",
+           cfg)
     _check(d.d >= 2, "data.d", "an integer >= 2", cfg)
     _check(d.n >= 2, "data.n", "an integer >= 2", cfg)
     _check(d.n_test > 0, "data.n_test", "an integer > 0", cfg)
-    _check(d.sigma_p is None or d.sigma_p >= 0, "data.sigma_p", "null (1/sqrt(s)) or >= 0", cfg)
-    _check(math.isfinite(d.alpha) and d.alpha >= 0, "data.alpha", "a number >= 0", cfg)
+    _check(d.sigma_p is None or _nonnegative(d.sigma_p), "data.sigma_p", "null (1/sqrt(s)) or >= 0",
+           cfg)
+    _check(_nonnegative(d.alpha), "data.alpha", "a number >= 0", cfg)
     _check(d.labels in ("balanced", "rademacher"), "data.labels", "balanced | rademacher", cfg)
     _check(d.feature_position in ("random", "fixed"), "data.feature_position", "random | fixed",
            cfg)
     _check(d.patches >= 1, "data.patches", "an integer >= 1", cfg)
     _check(d.batch_size is None or 1 <= d.batch_size <= d.n, "data.batch_size",
            f"null (full batch) or 1..n (n={d.n})", cfg)
+    _check(d.sampling in ("shuffle", "replace"), "data.sampling", "shuffle | replace", cfg)
+    _check(d.last_batch in ("drop", "keep"), "data.last_batch", "drop | keep", cfg)
     task.check(cfg)
 
 
@@ -306,8 +418,12 @@ def _validate_synthetic(cfg: DictConfig) -> None:
     """Definition 3.1: the noise lives outside supp(v)."""
     d = cfg.data
     _check(0 <= d.s < d.d, "data.s", f"0 <= s < d (d={d.d})", cfg)
+    _check(d.s > 0 or d.sigma_p is not None, "data.sigma_p",
+           "a number >= 0 with data.s=0 (the default 1/sqrt(s) needs s >= 1; with s=0 the noise "
+           "patches hold no Gaussian coordinates, so any value, e.g. 0, gives the same data)", cfg)
     if d.v is not None:
-        _check(len(d.v) == d.d and any(x != 0 for x in d.v), "data.v",
+        _check(len(d.v) == d.d and any(x != 0 for x in d.v) and all(math.isfinite(x) for x in d.v),
+               "data.v",
                f"null (e_1) or a nonzero list of d={d.d} numbers", cfg)
         free = sum(1 for x in d.v if x == 0)
         _check(d.s <= free, "data.s", f"at most the {free} coordinates outside supp(v)", cfg)
@@ -325,7 +441,9 @@ def _image_classes(cfg: DictConfig) -> list[int]:
            "data.image_size", f"null or 1..{DATASETS[d.dataset].side}", cfg)
     _check(d.normalize in ("unit", "centered", "none"), "data.normalize",
            "unit | centered | none", cfg)
-    _check(d.workers >= 0, "data.workers", "an integer >= 0", cfg)
+    most = max(64, 4 * (os.cpu_count() or 1))  # each worker is a process: bound absurd values
+    _check(0 <= d.workers <= most, "data.workers", f"an integer in 0..{most} (64, or 4 per core "
+           "of this machine if more)", cfg)
     return classes
 
 
@@ -348,9 +466,7 @@ def _validate_planted(cfg: DictConfig) -> None:
 def _validate_image_patches(cfg: DictConfig) -> None:
     """Images cut into a grid of patches (``adamgap.tasks.image_patches``)."""
     d = cfg.data
-    classes = _image_classes(cfg)
-    _check(not cfg.align.enabled or len(classes) == 2, "align.enabled",
-           "false here: alignment needs two classes and patch inputs", cfg)
+    _image_classes(cfg)
     C, side = DATASETS[d.dataset].channels, d.image_size or DATASETS[d.dataset].side
     _check(d.grid >= 1 and side % d.grid == 0, "data.grid", f"a divisor of the image side {side}",
            cfg)
@@ -359,36 +475,51 @@ def _validate_image_patches(cfg: DictConfig) -> None:
 
 
 def _validate_images(cfg: DictConfig) -> None:
-    """Whole images for a real CNN (``adamgap.tasks.resnet``)."""
+    """Whole images for a CNN (``adamgap.tasks.images``)."""
     _image_classes(cfg)
-    _check(not cfg.align.enabled, "align.enabled",
-           "false here: alignment needs two classes and patch inputs", cfg)
     _check(cfg.run.replicas == 1, "run.replicas", "1 with data.task=images", cfg)
 
 
 def _validate_model(cfg: DictConfig) -> None:
     mo = cfg.model
-    _check(mo.name in ("patch_cnn", "linear", "resnet18"), "model.name",
-           "patch_cnn | linear | resnet18", cfg)
-    _check((mo.name == "resnet18") == (cfg.data.task == "images"), "model.name",
-           "resnet18 exactly when data.task=images", cfg)
+    _check(mo.name in MODELS, "model.name", " | ".join(MODELS), cfg)
+    images = tuple(name for name, model in MODELS.items() if model.images)
+    on_images = cfg.data.task == "images"
+    _check(MODELS[mo.name].images == on_images, "model.name",
+           f"{' | '.join(images)} with data.task=images" if on_images else
+           f"{' | '.join(images)} only with data.task=images", cfg)
+    unused = [k for k, v in OmegaConf.to_container(mo).items()
+              if k != "name" and k not in MODELS[mo.name].keys and v != _MODEL_DEFAULTS[k]]
+    _check(not unused, f"model.{unused[0] if unused else ''}",
+           f"the default with model.name={mo.name} (it reads only "
+           f"{', '.join(MODELS[mo.name].keys) or 'no model.* key'})", cfg)
     _check(mo.m >= 1, "model.m", "an integer >= 1", cfg)
-    _check(mo.q >= 1, "model.q", "a number >= 1", cfg)
-    _check(mo.sigma_0 >= 0, "model.sigma_0", "a number >= 0", cfg)
+    _check(mo.q >= 1 and math.isfinite(mo.q), "model.q", "a number >= 1", cfg)
+    _check(_nonnegative(mo.sigma_0), "model.sigma_0", "a number >= 0", cfg)
+    _check(mo.width >= 1, "model.width", "an integer >= 1", cfg)
+    _check(mo.stride >= 1, "model.stride", "an integer >= 1", cfg)
+    if on_images:
+        side = DATASETS[cfg.data.dataset].side
+        _check(1 <= mo.kernel <= side, "model.kernel", f"1..{side} (the image side)", cfg)
 
 
 def _validate_optim(cfg: DictConfig) -> None:
     """The values; whether ``optim.name`` builds is ``adamgap.preflight``'s to say."""
     o = cfg.optim
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a number > 0", cfg)
-    _check(o.lam >= 0, "optim.lam", "a number >= 0", cfg)
-    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", cfg)
+    _check(_nonnegative(o.lam), "optim.lam", "a number >= 0", cfg)
+    _check(_nonnegative(o.weight_decay), "optim.weight_decay", "a number >= 0", cfg)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            "two numbers in [0, 1)", cfg)
-    _check(o.eps >= 0, "optim.eps", "a number >= 0", cfg)
-    _check(o.momentum >= 0, "optim.momentum", "a number >= 0", cfg)
+    _check(_nonnegative(o.eps), "optim.eps", "a number >= 0", cfg)
+    _check(_nonnegative(o.momentum), "optim.momentum", "a number >= 0", cfg)
+    _check(not (o.name == "sgd" and o.nesterov and o.momentum == 0), "optim.nesterov",
+           "false with optim.momentum=0 (Nesterov momentum needs optim.momentum > 0)", cfg)
     _check(o.schedule in ("constant", "cosine", "step"), "optim.schedule",
            "constant | cosine | step", cfg)
+    _check(o.step_size >= 1, "optim.step_size", "an integer >= 1 (steps between decays)", cfg)
+    _check(o.gamma > 0 and math.isfinite(o.gamma), "optim.gamma",
+           "a number > 0 (the factor of each decay)", cfg)
     _check(o.name != "gd" or cfg.data.batch_size in (None, cfg.data.n), "data.batch_size",
            "null or n with optim.name=gd (full batch); use optim.name=sgd for mini-batches", cfg)
     _check(o.lrs is None or (len(o.lrs) > 0 and all(lr > 0 and math.isfinite(lr) for lr in o.lrs)),
@@ -410,6 +541,11 @@ def _validate_trainer(cfg: DictConfig) -> None:
     """The values; whether Lightning accepts the combination is ``adamgap.preflight``'s."""
     t, d = cfg.trainer, cfg.data
     _check(t.max_steps >= 1, "trainer.max_steps", "an integer >= 1", cfg)
+    if t.max_epochs is not None:  # a resolved config (config.yaml) holds both: they agree
+        _check(t.max_epochs >= 1, "trainer.max_epochs", "null or an integer >= 1", cfg)
+        per = steps_per_epoch(d.n, d.batch_size, d.last_batch)
+        _check(t.max_steps == t.max_epochs * per, "trainer.max_steps",
+               f"trainer.max_epochs x {per} steps per epoch = {t.max_epochs * per}", cfg)
     _check(t.log_every >= 1, "trainer.log_every", "an integer >= 1", cfg)
     _check(t.eval_every >= 1, "trainer.eval_every", "an integer >= 1", cfg)
     _check(not t.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")), "trainer.strategy",
@@ -423,6 +559,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
         _check(d.batch_size is None or d.batch_size % world == 0, "data.batch_size",
                f"divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes)", cfg)
+        # (then n mod B, a kept last batch, divides too)
 
 
 def _validate_steps_per_batch(cfg: DictConfig) -> None:
@@ -448,7 +585,8 @@ def _one_step_per_batch(cfg: DictConfig) -> str | None:
     if t.precision in ("16-mixed", "16"):
         return f"with trainer.precision={t.precision} (the loss is scaled in Lightning's backward)"
     if cfg.data.task == "images":
-        return "with data.task=images (its DataLoader yields one mini-batch per item)"
+        return ("with data.task=images (a CNN's mini-batch step outweighs Lightning's per-step "
+                "cost: every step goes through Lightning)")
     return None
 
 
@@ -510,10 +648,11 @@ class Dataset:
     channels: int
     side: int  # images are side x side
     classes: int
+    images: int  # training and test images together (for the memory estimate)
 
 
-DATASETS = {"fashion_mnist": Dataset(1, 28, 10), "mnist": Dataset(1, 28, 10),
-            "cifar10": Dataset(3, 32, 10), "cifar100": Dataset(3, 32, 100)}
+DATASETS = {"fashion_mnist": Dataset(1, 28, 10, 70_000), "mnist": Dataset(1, 28, 10, 70_000),
+            "cifar10": Dataset(3, 32, 10, 60_000), "cifar100": Dataset(3, 32, 100, 60_000)}
 
 
 def image_dim(name: str, image_size: int | None = None) -> int:
@@ -533,9 +672,10 @@ class Task:
 
 _SYNTHETIC_KEYS = ("d", "n", "n_test", "s", "sigma_p", "alpha", "labels", "feature_position",
                    "patches", "batch_size", "sparse")
+_EPOCH_KEYS = ("sampling", "last_batch")  # Definition 3.1's own datamodule reads these
 _IMAGE_KEYS = ("dataset", "root", "download", "classes")
 TASKS = {
-    "synthetic": Task((*_SYNTHETIC_KEYS, "v"), _validate_synthetic),  # Definition 3.1
+    "synthetic": Task((*_SYNTHETIC_KEYS, "v", *_EPOCH_KEYS), _validate_synthetic),  # Def. 3.1
     "planted": Task((*_IMAGE_KEYS, "image_size", "normalize", "basis", "feature_k",
                      "noise_coords", "feature_noise", *_SYNTHETIC_KEYS), _validate_planted),
     "image_patches": Task((*_IMAGE_KEYS, "image_size", "normalize", "grid", "d", "n", "n_test",
@@ -544,6 +684,25 @@ TASKS = {
                    _validate_images),
 }
 _DATA_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(DataConfig))
+
+
+@dataclass(frozen=True)
+class Model:
+    """A value of ``model.name``: the ``model.*`` keys its network reads (``adamgap.train.
+    build_module``) and whether it takes whole images (``data.task=images``) or patches."""
+
+    keys: tuple[str, ...]
+    images: bool
+
+
+MODELS = {
+    "patch_cnn": Model(("m", "q", "sigma_0"), images=False),  # Section 3
+    "linear": Model(("m", "q", "sigma_0"), images=False),  # Theorem 4.2's convex control
+    "patch_conv": Model(("m", "q", "sigma_0", "kernel", "stride"), images=True),  # Section 3
+    "cnn": Model(("width",), images=True),  # DeepOBS's 2c2d
+    "resnet18": Model((), images=True),  # torchvision's, for 32x32
+}
+_MODEL_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(ModelConfig))
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -556,6 +715,10 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: no config.yaml")
-    cfg = _merge(OmegaConf.structured(Config), OmegaConf.load(path), str(path))
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # the YAML parser's errors (a truncated or overwritten file)
+        raise ConfigError(f"{path} is damaged: {str(err).splitlines()[0]}") from None
+    cfg = _merge(schema(), node, str(path))
     validate(cfg)
     return cfg

@@ -1,9 +1,12 @@
-"""Figures: Figure 2's curves (feature learning and noise memorization against the iteration)
-and the plumbing every PNG of the suite goes through.
+"""Figures: Figure 2's curves (feature learning and noise memorization against the iteration),
+the first layer's alignment curves (``adamgap.first_layer``), Figure 1's filter grids, and the
+plumbing every PNG of the suite goes through.
 
 The alignment callback draws one run's Figure 2 (``plot_alignment``), the gap report draws it
 over the seeds of a sweep and the real-data section over the seeds of a run
-(``plot_figure2``); all of them label and colour the curves from :func:`figure2_curves`.
+(``plot_figure2``); all of them label and colour the curves from :func:`figure2_curves` (the
+first layer's from :data:`FIRST_LAYER_CURVES`). Every run draws its first-layer filters
+(``plot_filters``, ``figures/filters.png``); the report puts two runs side by side.
 matplotlib is imported only when a figure is drawn (it is the slowest import of a run).
 """
 
@@ -75,12 +78,15 @@ def band(values: list[list[float]], kind: str) -> tuple[np.ndarray, np.ndarray, 
     return mean, mean - sd, mean + sd
 
 
-def draw_figure2(ax, steps: np.ndarray, values: dict[str, list[list[float]]], kind: str,
-                 feature: str = "v", title: str | None = None) -> None:
-    """One Figure-2 panel on ``ax``: per curve the mean over seeds and its ``kind`` band
-    (no band for one seed)."""
+def draw_curves(ax, steps: np.ndarray, values: dict[str, list[list[float]]],
+                curves: tuple[tuple[str, str, str], ...], kind: str,
+                title: str | None = None) -> None:
+    """Each (key, label, colour) of ``curves`` that ``values`` holds on ``ax``: the mean over
+    seeds and its ``kind`` band (no band for one seed)."""
     seeds = max(len(v) for series in values.values() for v in series)
-    for key, label, color in figure2_curves(feature):
+    for key, label, color in curves:
+        if key not in values:
+            continue
         mean, low, high = band(values[key], kind)
         ax.plot(steps, mean, color=color, label=label if seeds == 1 else f"{label}, mean")
         if seeds > 1:
@@ -90,6 +96,12 @@ def draw_figure2(ax, steps: np.ndarray, values: dict[str, list[list[float]]], ki
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
+
+
+def draw_figure2(ax, steps: np.ndarray, values: dict[str, list[list[float]]], kind: str,
+                 feature: str = "v", title: str | None = None) -> None:
+    """One Figure-2 panel on ``ax`` (``draw_curves`` of :func:`figure2_curves`)."""
+    draw_curves(ax, steps, values, figure2_curves(feature), kind, title)
 
 
 def plot_figure2(panels: list[tuple[str, np.ndarray, dict]], path: str | Path, kind: str,
@@ -103,12 +115,76 @@ def plot_figure2(panels: list[tuple[str, np.ndarray, dict]], path: str | Path, k
     save(fig, path)
 
 
+# the first layer's curves (adamgap.first_layer): summary key, legend label, colour
+FIRST_LAYER_CURVES = (
+    ("first_layer_feature_energy", r"feature energy $\|P_S w\|^2/\|w\|^2$", "tab:blue"),
+    ("first_layer_noise_energy", r"noise energy $\|P_{S^\perp} w\|^2/\|w\|^2$", "tab:red"),
+    ("first_layer_memorization", r"memorization $R(\mathrm{train})/R(\mathrm{test})-1$",
+     "tab:purple"),
+)
+
+
 def plot_alignment(history: dict[str, Tensor], path: str | Path) -> None:
-    """One run's Figure 2 (``alignment.AlignmentCallback.history``): class +1, every replica,
-    the mean with the band from the lowest to the highest replica when K > 1."""
+    """One run's alignment (``alignment.AlignmentCallback.history``), every replica, the mean
+    with the band from the lowest to the highest replica when K > 1: Figure 2 (class +1) where
+    the feature is planted, the first layer's alignment where it was measured."""
     steps = history["step"].numpy()
-    values = {key: history[key].tolist() for key, _, _ in figure2_curves()}  # (records, K)
+    panels = []
+    if "feature_learning" in history:
+        panels.append(("Figure 2", {key: history[key].tolist()  # (records, K)
+                                    for key, _, _ in figure2_curves()}))
+    if "first_layer_feature_energy" in history:
+        panels.append(("first layer", {key: history[key].tolist()
+                                       for key, _, _ in FIRST_LAYER_CURVES}))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    draw_figure2(ax, steps, values, "range")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (kind, values) in zip(axes[0], panels, strict=True):
+        if kind == "Figure 2":
+            draw_figure2(ax, steps, values, "range")
+        else:
+            draw_curves(ax, steps, values, FIRST_LAYER_CURVES, "range",
+                        "first layer: alignment with the data")
     save(fig, path, dpi=120)
+
+
+def draw_filters(ax, filters: Tensor, title: str = "") -> None:
+    """A grid of first-layer filters on ``ax``: (F, C, h, w) pictures, each scaled on its own
+    (one channel: gray, from -max|w| black to +max|w| white; three: RGB, min to max), or (F, D)
+    vectors as the rows of one image."""
+    f = filters.detach().float().cpu().numpy()
+    if f.ndim == 2:  # no picture: filter r is row r
+        scale = np.abs(f).max(axis=1, keepdims=True) + 1e-12
+        ax.imshow(f / scale, cmap="gray", vmin=-1, vmax=1, aspect="auto",
+                  interpolation="nearest")
+        ax.set_xlabel("coordinate")
+        ax.set_ylabel("filter")
+    else:
+        F, C, h, w = f.shape
+        cols = int(np.ceil(np.sqrt(F * w / h)))
+        rows = int(np.ceil(F / cols))
+        gap = max(1, h // 8)
+        canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 1.0)
+        for i, k in enumerate(f):
+            if C == 1:
+                scale = np.abs(k).max() + 1e-12
+                tile = np.repeat((k[0] / scale + 1) / 2, 3).reshape(h, w, 3)
+            else:
+                k = k[:3].transpose(1, 2, 0)
+                tile = (k - k.min()) / (k.max() - k.min() + 1e-12)
+            r, c = divmod(i, cols)
+            canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+        ax.imshow(canvas, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def plot_filters(panels: list[tuple[str, Tensor]], path: str | Path) -> None:
+    """Filter grids side by side, one per (title, filters) (see ``draw_filters``): a run's
+    filters at W(0) and at the end; Figure 1's two optimizers from one initialization."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (title, filters) in zip(axes[0], panels, strict=True):
+        draw_filters(ax, filters, title)
+    save(fig, path)

@@ -34,7 +34,7 @@ from adamgap.data import StepChunk
 from adamgap.lightning_internals import counted_step
 from adamgap.network import PatchCNN
 from adamgap.optimizers import ReplicaOptimizers, build_optimizer, contract_of, resolve
-from adamgap.patches import SparsePatches
+from adamgap.patches import CSR, SparsePatches
 
 SPLITS = ("train", "test")  # validation dataloader 0 is the full training set, 1 the test set
 
@@ -247,11 +247,9 @@ class GapModule(L.LightningModule):
             if isinstance(x, SparsePatches):
                 K, B, P, d = x.shape
                 rows, m = B * P, x.matrix
-                crow = m.crow_indices()
-                lo, hi = int(crow[k * rows]), int(crow[(k + 1) * rows])
-                block = torch.sparse_csr_tensor(crow[k * rows:(k + 1) * rows + 1] - lo,
-                                                m.col_indices()[lo:hi] - k * d,
-                                                m.values()[lo:hi], (rows, d))
+                lo, hi = int(m.crow[k * rows]), int(m.crow[(k + 1) * rows])
+                block = CSR(m.crow[k * rows:(k + 1) * rows + 1] - lo, m.col[lo:hi] - k * d,
+                            m.val[lo:hi], (rows, d))
                 xk = SparsePatches(block, None, (1, B, P, d))
             else:
                 xk = x[k:k + 1]

@@ -148,7 +148,7 @@ class PatchCNN(nn.Module):
             F = _SparsePatchSum.apply(weight, x, None if self.linear else self.q)
         elif isinstance(x, SparsePatches):
             K, d, C, m = weight.shape
-            z = (x.matrix @ weight.reshape(K * d, C * m)).view(*x.shape[:3], C, m)
+            z = (x.matrix.to_torch() @ weight.reshape(K * d, C * m)).view(*x.shape[:3], C, m)
             F = self.sigma(z).sum(dim=(2, 4))
         else:
             F = self.sigma(self.activations(x, weight)).sum(dim=(2, 4))  # (K, B, C)

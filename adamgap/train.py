@@ -2,14 +2,19 @@
 
 ``run(cfg)`` is what ``scripts/train.py`` calls and what the tests call. A run directory holds
 ``config.yaml`` (resolved), ``metrics.csv`` (Lightning's CSV logger), ``alignment.csv``,
-``alignment.pt``, ``figures/alignment.png``, ``summary.json``, and
+``alignment.pt``, ``figures/alignment.png``, ``summary.json``, ``weights.pt``, the first-layer
+filters at W(0) and at the end (``filters.pt``, ``figures/filters.png``), ``step_sizes.csv``
+and ``step_sizes.pt`` (when ``align.step_sizes``), and
 ``checkpoints/last.ckpt`` and ``run.lock`` (docs/reliability.md: resume, divergence, locking).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,24 +22,43 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from adamgap import optimizers, preflight, provenance, summary
+from adamgap import first_layer, optimizers, preflight, provenance, summary
 from adamgap.alignment import AlignmentCallback
-from adamgap.config import TASKS, lrs_of, seeds_of, steps_per_batch, to_yaml
-from adamgap.data import SyntheticDataModule
+from adamgap.config import MODELS, TASKS, lrs_of, seeds_of, steps_per_batch, to_yaml
+from adamgap.data import Definition31DataModule
+from adamgap.errors import OutputError
+from adamgap.figures import plot_filters
 from adamgap.module import GapModule
 from adamgap.network import PatchCNN
 from adamgap.outputs import atomic_write, write_json, write_text
 from adamgap.runtime import requeue, rundir, wandb_run
-from adamgap.runtime.checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_from
+from adamgap.runtime.checkpointing import (
+    AtomicCheckpointIO,
+    Interrupted,
+    MetricsCSVLogger,
+    StepCheckpoint,
+    resume_from,
+)
 from adamgap.runtime.divergence import Diverged, DivergenceCallback
+from adamgap.step_sizes import StepSizeCallback
 from adamgap.tasks.image_patches import ImagePatchDataModule
+from adamgap.tasks.images import ImageClassifier, ImageDataModule
 from adamgap.tasks.planted import PlantedDataModule
-from adamgap.tasks.resnet import ImageDataModule, ResNetClassifier
+
+# Warnings that say nothing about a run, silenced so that a real one stands out: the run
+# directory exists before the CSV logger starts (metrics.csv is ours to keep: checkpointing.py);
+# Lightning's hint that `srun` exists on a machine with Slurm installed; torch's notes that its
+# sparse CSR tensors are a beta feature without invariant checks; a deprecation inside Lightning.
+for _message in ("Experiment logs directory .* exists and is not empty",
+                 "The `srun` command is available on your system but is not used",
+                 "Sparse CSR tensor support is in beta state",
+                 "Sparse invariant checks are implicitly disabled",
+                 r"`isinstance\(treespec, LeafSpec\)` is deprecated"):
+    warnings.filterwarnings("ignore", _message)
 
 # Names the default run directory. Every DDP rank and every restart of a requeued Slurm job must
 # agree on it: slurm/*.sbatch set it from the job id, and run() hands its own to the processes
@@ -77,7 +101,7 @@ def exported(name: str, value: str):
 
 # data.task -> its datamodule, built with exactly the data.* keys config.TASKS lists for it
 DATAMODULES: dict[str, type[L.LightningDataModule]] = {
-    "synthetic": SyntheticDataModule, "planted": PlantedDataModule,
+    "synthetic": Definition31DataModule, "planted": PlantedDataModule,
     "image_patches": ImagePatchDataModule, "images": ImageDataModule}
 
 
@@ -86,15 +110,16 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     task = cfg.data.task
     data = OmegaConf.to_container(cfg.data)
     kwargs = {key: data[key] for key in TASKS[task].keys}
-    if task != "images":  # its DataLoader yields one mini-batch per item
+    if task != "images":  # one optimizer step per Lightning step (config.steps_per_batch)
         kwargs["steps_per_batch"] = steps_per_batch(cfg)
     return DATAMODULES[task](seeds_of(cfg), max_steps=cfg.trainer.max_steps, **kwargs)
 
 
 def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> GapModule:
     mo = cfg.model
-    if mo.name == "resnet18":
-        net = ResNetClassifier(dm.num_classes, dm.channels, cfg.seed)
+    if MODELS[mo.name].images:  # given by name the model.* settings it reads (config.MODELS)
+        net = ImageClassifier(mo.name, dm.channels, dm.side, dm.num_classes, cfg.seed,
+                              **{key: mo[key] for key in MODELS[mo.name].keys})
     else:
         net = PatchCNN(dm.d, mo.m, mo.q, mo.sigma_0, seeds_of(cfg), linear=mo.name == "linear",
                        classes=getattr(dm, "num_classes", 2), layout=layout_of(cfg))
@@ -117,7 +142,7 @@ def optimizer_record(cfg: DictConfig) -> dict:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers = [CSVLogger(run_dir, name="", version="")]
+    loggers = [MetricsCSVLogger(run_dir)]
     if cfg.logger.wandb.enabled:
         loggers.append(wandb_run.build_logger(cfg, run_dir))
     return loggers
@@ -139,7 +164,12 @@ def prepare_run_dir(cfg: DictConfig, stamp: str | None = None) -> Path:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train as configured; write the run directory; return the summary (``adamgap.summary``)."""
+    """Train as configured; write the run directory; return the summary (``adamgap.summary``).
+
+    Faults end with one line and keep what was complete: a file that cannot be written (a full
+    disk, a read-only directory) stops the run with :class:`RunError` naming the file and the
+    step, the last checkpoint kept for ``run.resume=true``; SIGINT (Ctrl-C) stops it like
+    SIGTERM at the next step boundary, checkpointed (``StepCheckpoint.interruptible``)."""
     preflight.check(cfg)  # what the schema cannot know (entry points ran it already: cached)
     # Adam's second-moment state and the tiny early gradients become denormal floats, which
     # slow x86 CPUs by an order of magnitude; flushing them to zero changes nothing visible.
@@ -149,19 +179,46 @@ def run(cfg: DictConfig) -> dict:
         # it, torch's Adam-family step() probes NVML (a dlopen) on every call: ~0.1 ms a step
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     stamp = run_stamp()
-    dm = build_datamodule(cfg)  # first: a missing dataset fails before anything is written
-    run_dir = prepare_run_dir(cfg, stamp)
+    run_dir = run_dir_of(cfg, stamp)
+    checkpoint = StepCheckpoint(run_dir, cfg.run.checkpoint_every,
+                                rundir.computing_settings(cfg))
+    with checkpoint.interruptible():
+        try:
+            dm = build_datamodule(cfg)  # first: a missing dataset fails before anything is written
+        except Interrupted:
+            raise Interrupted("stopped by SIGINT before the run started; nothing was written"
+                              ) from None
+        try:
+            prepare_run_dir(cfg, stamp)
+        except OutputError as err:
+            _remove_if_empty(run_dir)
+            raise err.noted("; nothing of the run was kept") from None
+        try:
+            return _train(cfg, dm, run_dir, checkpoint, stamp)
+        finally:
+            rundir.release(run_dir)
+
+
+def _train(cfg: DictConfig, dm: L.LightningDataModule, run_dir: Path,
+           checkpoint: StepCheckpoint, stamp: str) -> dict:
+    """The run in its claimed ``run_dir``: train, evaluate, write the results."""
     if cfg.run.resume and rundir.inspect(run_dir) in rundir.FINISHED:
         return summary.read(run_dir)  # nothing left to do (e.g. a requeued, finished job)
     module = build_module(cfg, dm)
+    filters_init = first_layer.filter_images(module.net, dm)  # W(0): a resumed run's too
     t = cfg.trainer
     diverge = DivergenceCallback(seeds_of(cfg), cfg.optim.name, lrs_of(cfg), t.log_every)
-    checkpoint = StepCheckpoint(run_dir, cfg.run.checkpoint_every)
     callbacks: list[L.Callback] = [diverge, checkpoint, *requeue.callbacks()]
     align = None
     if cfg.align.enabled:
-        align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg))
+        align = AlignmentCallback(run_dir, cfg.align.every, seeds_of(cfg), cfg.align.variance,
+                                  cfg.align.images)
         callbacks.append(align)
+    step_sizes = None
+    if cfg.align.step_sizes:
+        step_sizes = StepSizeCallback(run_dir, cfg.align.step_sizes_every, module.lam,
+                                      seeds_of(cfg))
+        callbacks.append(step_sizes)
     k = steps_per_batch(cfg)  # optimizer steps per Lightning training step (batch)
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every // k)))
@@ -176,33 +233,92 @@ def run(cfg: DictConfig) -> dict:
         enable_model_summary=False, enable_progress_bar=t.progress_bar, default_root_dir=run_dir,
         # Definition 3.1 data splits itself over DDP ranks (data.py); others: Lightning's sampler
         use_distributed_sampler=not getattr(dm, "shards_for_ddp", False))
-    ckpt = resume_from(run_dir, stash_metrics=is_launch_rank_zero()) if cfg.run.resume else None
+    ckpt = None
+    if cfg.run.resume:
+        shapes = {key: tuple(v.shape) for key, v in module.state_dict().items()}
+        ckpt = resume_from(run_dir, stash_metrics=is_launch_rank_zero(),
+                           settings=rundir.computing_settings(cfg), shapes=shapes)
     start = time.perf_counter()
     stop: BaseException | None = None
-    with exported(RUN_STAMP_ENV, stamp):
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-            if int(module.last.get("eval_step", -1)) != trainer.global_step:
-                trainer.validate(module, datamodule=dm, verbose=False)  # the final test error
-        except (Diverged, SIGTERMException) as err:  # a summary says why it stopped
-            stop = err
-    wall = time.perf_counter() - start
-    extras = dm.summary_extras() if hasattr(dm, "summary_extras") else {}
-    rows = diverge.mark(replica_rows(cfg, module, align, trainer.global_step, wall, extras))
-    if isinstance(stop, SIGTERMException):
-        rows = checkpoint.mark_interrupted(rows, trainer.global_step)
-    result = summary.assemble(cfg.conf, rows, provenance.collect())
-    result["optimizer"] = optimizer_record(cfg)
-    if trainer.is_global_zero:
-        if isinstance(stop, Diverged) and align is not None:
-            align.write()  # the trajectory up to the divergence, for the post-mortem
-        atomic_write(run_dir / "weights.pt",
-                     lambda f: torch.save(module.net.state_dict(), f), binary=True)
-        write_json(run_dir / "summary.json", result)
-        if cfg.logger.wandb.enabled:
-            wandb_run.finish(trainer.loggers, result, run_dir)
-    rundir.release(run_dir)
+    try:
+        with exported(RUN_STAMP_ENV, stamp):
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+                if int(module.last.get("eval_step", -1)) != trainer.global_step:
+                    trainer.validate(module, datamodule=dm, verbose=False)  # the final test error
+            except (Diverged, SIGTERMException, Interrupted) as err:  # the summary says why
+                stop = err
+        wall = time.perf_counter() - start
+        extras = dm.summary_extras() if hasattr(dm, "summary_extras") else {}
+        rows = diverge.mark(replica_rows(cfg, module, align, trainer.global_step, wall, extras))
+        if isinstance(stop, (SIGTERMException, Interrupted)):
+            rows = checkpoint.mark_interrupted(rows, trainer.global_step,
+                                               stop if isinstance(stop, Interrupted) else None)
+        result = summary.assemble(cfg.conf, rows, provenance.collect())
+        result["optimizer"] = optimizer_record(cfg)
+        if trainer.is_global_zero:
+            if isinstance(stop, Diverged):  # the trajectories up to the divergence, for the
+                for recorder in (align, step_sizes):  # post-mortem
+                    if recorder is not None:
+                        recorder.write()
+            atomic_write(run_dir / "weights.pt",
+                         lambda f: torch.save(module.net.state_dict(), f), binary=True)
+            write_filters(run_dir, filters_init, first_layer.filter_images(module.net, dm),
+                          rows[0])
+            write_json(run_dir / "summary.json", result)
+            if cfg.logger.wandb.enabled:
+                wandb_run.finish(trainer.loggers, result, run_dir)
+    except OutputError as err:
+        raise err.noted(f" at step {trainer.global_step}; {_kept(checkpoint, run_dir)}"
+                        ) from None
+    except OSError as err:  # a write of Lightning's or a library's, not through adamgap.outputs
+        if err.errno not in WRITE_FAULTS:
+            raise
+        raise OutputError(err.filename or run_dir, err, f" at step {trainer.global_step}; "
+                          f"{_kept(checkpoint, run_dir)}") from None
+    except Interrupted as err:  # a second SIGINT while the results were written
+        raise Interrupted(checkpoint.mark_interrupted([{}], trainer.global_step, err)[0]["error"]
+                          ) from None
     return result
+
+
+# errno values of a write that cannot succeed until someone acts: a full disk or quota, a
+# read-only file system
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _kept(checkpoint: StepCheckpoint, run_dir: Path) -> str:
+    """What a run stopped by a write fault keeps, and how to go on."""
+    go_on = f"continue with run.dir={run_dir} run.resume=true"
+    if checkpoint.saved_step >= 0:
+        return (f"the checkpoint of step {checkpoint.saved_step} is kept: free space (or make "
+                f"{run_dir} writable), then {go_on}")
+    return (f"no checkpoint yet: free space (or make {run_dir} writable), then {go_on} (it "
+            "starts from step 0)")
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but its lock (a run that could not start)."""
+    rundir.release(run_dir)
+    if run_dir.is_dir() and all(p.name == rundir.LOCK for p in run_dir.iterdir()):
+        with contextlib.suppress(OSError):
+            (run_dir / rundir.LOCK).unlink()
+            run_dir.rmdir()
+
+
+def write_filters(run_dir: Path, init: torch.Tensor, final: torch.Tensor, row: dict) -> None:
+    """``filters.pt`` (the first-layer filters of every replica at W(0) and at the end, as
+    ``first_layer.filter_images`` gives them) and ``figures/filters.png`` (replica 0's, with
+    the first layer's feature energy where it was measured)."""
+    atomic_write(run_dir / "filters.pt", lambda f: torch.save({"init": init, "final": final}, f),
+                 binary=True)
+    key = "first_layer_feature_energy"
+    where = {"init": f"{key}_init", "final": key}
+    titles = {part: f"seed {row['seed']}, {label}" + (
+        f": feature energy {row[where[part]]:.2f}" if where[part] in row else "")
+        for part, label in (("init", "W(0)"), ("final", f"step {row['steps']}"))}
+    plot_filters([(titles["init"], init[0]), (titles["final"], final[0])],
+                 run_dir / "figures" / "filters.png")
 
 
 def replica_rows(cfg: DictConfig, module: GapModule, align: AlignmentCallback | None,

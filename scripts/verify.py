@@ -6,6 +6,8 @@
     python scripts/verify.py --out docs/verdicts --seeds 0 1 2 --steps 10000
     python scripts/verify.py --runs runs/a runs/b  # reuse run directories for their roles
     python scripts/verify.py synthetic_adam:optim.lr=2e-4   # an override for one run only
+    python scripts/verify.py --stochastic runs/stochastic --out docs/verdicts
+                                                   # the follow-up's claims (stochastic Adam)
 
 Prints the verdict table; exits 0 only when every claim holds.
 """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
+
+from adamgap import train
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -48,3 +51,16 @@ def cifar_root(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, "test_list", test)
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": meta_md5})
     return tmp_path / "datasets"
+
+
+@pytest.fixture
+def with_callback(monkeypatch):
+    """Make ``train.run`` use one more callback, first in the list (for the rest of the test)."""
+    def add(callback: L.Callback) -> None:
+        trainer_cls = L.Trainer
+
+        def trainer(*args, callbacks=(), **kwargs):
+            return trainer_cls(*args, callbacks=[callback, *callbacks], **kwargs)
+
+        monkeypatch.setattr(train.L, "Trainer", trainer)
+    return add

@@ -1,5 +1,6 @@
 """What several test files share: the tiny configuration, a lock held by another process,
-and a run summary without its wall times. (Fixtures live in ``conftest.py``.)"""
+a run summary without its wall times, and callbacks that act at a chosen step. (Fixtures live
+in ``conftest.py``.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from adamgap.config import TASKS, DataConfig, TrainerConfig, load_config
-from adamgap.data import SyntheticDataModule
+from adamgap.data import Definition31DataModule
 from adamgap.summary import replicas_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +52,28 @@ def computed_summary(run_dir: Path) -> dict:
     return out
 
 
-def synthetic_datamodule(seeds=(0,), steps_per_batch: int = 1, **data) -> SyntheticDataModule:
+def synthetic_datamodule(seeds=(0,), steps_per_batch: int = 1, **data
+                         ) -> Definition31DataModule:
     """Definition 3.1 data for ``seeds``, set up: the schema's ``data.*`` defaults but ``data``."""
     defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig))
     settings = {k: defaults[k] for k in TASKS["synthetic"].keys} | data
-    dm = SyntheticDataModule(list(seeds), max_steps=TrainerConfig.max_steps,
-                             steps_per_batch=steps_per_batch, **settings)
+    dm = Definition31DataModule(list(seeds), max_steps=TrainerConfig.max_steps,
+                                 steps_per_batch=steps_per_batch, **settings)
     dm.setup("fit")
     return dm
+
+
+class Crash(BaseException):
+    """Stands for a kill: nothing of the run is saved after it (Lightning only flushes logs)."""
+
+
+class At(L.Callback):
+    """Calls ``act()`` once, at the end of training step ``step`` (before any checkpoint)."""
+
+    def __init__(self, step: int, act):
+        self.step, self.act, self.done = step, act, False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.done:
+            self.done = True
+            self.act()

@@ -71,6 +71,8 @@ def summaries_by_hand(feature, noise, y) -> dict[str, torch.Tensor]:
         out["noise_memorization_max"].append(max(pos))
         out["noise_memorization_neg"].append(sum(neg) / len(neg))
         out["noise_memorization_all"].append(sum(per_example) / len(per_example))
+        out["noise_memorization_all_min"].append(min(per_example))
+        out["noise_memorization_all_max"].append(max(per_example))
     return {key: torch.tensor(values) for key, values in out.items()}
 
 
@@ -144,3 +146,28 @@ def test_figure_is_a_png(tiny_run):
     path = tiny_run["dir"] / "figures" / "alignment.png"
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_feature_learning_is_each_class_own():
+    """``max_r <w_{j,r}, j v>`` per class j: filters of class +1 aligned with v and filters of
+    class -1 aligned with +v too (so against their own direction -v): class +1 learned its
+    feature, class -1's flipped, and the summary says which."""
+    from adamgap.alignment import feature_learning, summarize
+    from adamgap.network import PatchCNN
+
+    d, m = 6, 3
+    net = PatchCNN(d, m, 3.0, 0.0, seeds=[0])
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[0, 0, 0] = torch.tensor([0.5, 0.2, -0.1])  # <w_{+1,r}, v> = w_{+1,r}[0]
+        net.weight[0, 0, 1] = torch.tensor([0.3, 0.4, 0.1])  # <w_{-1,r}, -v> = -w_{-1,r}[0]
+    v = torch.zeros(d)
+    v[0] = 1.0
+    features = torch.stack([v, -v])[None]  # (K, 2, d): row j is j v
+    with torch.no_grad():
+        per_filter = feature_learning(net, features)
+    torch.testing.assert_close(per_filter, torch.tensor([[[0.5, 0.2, -0.1], [-0.3, -0.4, -0.1]]]))
+    noise = torch.zeros(1, 2, 1, m)
+    summary = summarize(per_filter, noise, torch.tensor([[1.0, -1.0]]))
+    assert float(summary["feature_learning"]) == pytest.approx(0.5)  # class +1: learned
+    assert float(summary["feature_learning_neg"]) == pytest.approx(-0.1)  # class -1: flipped

@@ -5,7 +5,8 @@ The document is the source: each table row is a case. Placeholders in it stand f
 prepares: RUN_DIR (the run or sweep directory the command would use: the test checks it is
 never created), TMP (a scratch folder), CONF_DIR (a conf folder holding the real experiments and
 the broken ones the document lists), prepared directories (COMPLETED_RUN, UNFINISHED_RUN,
-FOREIGN_DIR, RUNNING_RUN, OTHER_SWEEP, CORRUPT_CIFAR) and ``...`` (any text: pids, long lists).
+DAMAGED_RUN, FOREIGN_DIR, RUNNING_RUN, OTHER_SWEEP, CORRUPT_CIFAR) and ``...`` (any text: pids,
+long lists).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from helpers import ROOT, hold_lock
 from adamgap import config, train
 from adamgap.analysis import atlas_report
 from adamgap.cli import main as train_main
+from adamgap.experiments.standard_gap import main as standard_gap_main
 from adamgap.experiments.sweep import main as sweep_main
 from adamgap.tasks import datasets
 
@@ -40,7 +42,8 @@ BROKEN_CONFS = {  # conf/NAME.yaml -> content, the broken experiment files the d
 
 def documented_cases() -> list[tuple[str, str, str]]:
     """(script, input, stderr line) for every table row of docs/bad_input.md; the script is
-    named in the section heading: ``(scripts/train.py)`` or ``(scripts/sweep.py)``."""
+    named in the section heading: ``(scripts/train.py)``, ``(scripts/sweep.py)`` or
+    ``(scripts/standard_gap.py)``."""
     script, cases = None, []
     for line in DOC.read_text().splitlines():
         heading = re.match(r"#+ .*\(scripts/(\w+)\.py\)", line)
@@ -78,6 +81,9 @@ def places(tmp_path, monkeypatch) -> dict[str, str]:
         (conf_dir / f"{name}.yaml").write_text(text)
     monkeypatch.setattr(config, "CONF_DIR", conf_dir)
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):  # no W&B login
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run_cfg = config.load_config("synthetic_adam")
     places = {"RUN_DIR": str(tmp_path / "run"), "TMP": str(tmp_path),
               "CONF_DIR": str(conf_dir)}
@@ -85,6 +91,7 @@ def places(tmp_path, monkeypatch) -> dict[str, str]:
         "COMPLETED_RUN": {"config.yaml": train.to_yaml(run_cfg),
                           "summary.json": json.dumps({"status": "completed"})},
         "UNFINISHED_RUN": {"config.yaml": train.to_yaml(run_cfg)},
+        "DAMAGED_RUN": {"config.yaml": "data: {d: 10\n"},
         "FOREIGN_DIR": {"notes.txt": "not a run"},
         "OTHER_SWEEP": {"sweep.yaml": "conf: synthetic_gd\nseeds: 3\n", "cells.json": "[]"},
     }.items():
@@ -131,9 +138,10 @@ def test_rejected(script, arg, expected, places, request, capsys):
             argv += ["--dir", "RUN_DIR"] + (["--out", "RUN_DIR"] if script == "atlas" else [])
         argv = [re.sub("|".join(places), lambda m: places[m.group(0)], a) for a in argv]
         before = {k: snapshot(Path(v)) for k, v in places.items() if k != "TMP"}
-        main = {"train": lambda a: train_main(train.run, a), "sweep": sweep_main,
-                "gaptest": atlas_report.gaptest, "atlas": atlas_report.main}[script]
-        code = main(argv)
+        mains = {"train": lambda a: train_main(train.run, a), "sweep": sweep_main,
+                 "standard_gap": standard_gap_main, "gaptest": atlas_report.gaptest,
+                 "atlas": atlas_report.main}
+        code = mains[script](argv)
         captured = capsys.readouterr()
         assert code == 2
         assert "Traceback" not in captured.err

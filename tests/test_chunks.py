@@ -26,13 +26,19 @@ def outputs(run_dir) -> tuple[dict, list[dict], list[dict]]:
     return weights, read_csv(run_dir / "metrics.csv"), read_csv(run_dir / "alignment.csv")
 
 
-@pytest.mark.parametrize("name", ["synthetic_adam", "synthetic_gd", "synthetic_sgd"])
-def test_chunked_run_is_the_run_with_one_step_per_training_step(tmp_path, name):
+@pytest.mark.parametrize("name, extra", [
+    ("synthetic_adam", []), ("synthetic_gd", []), ("synthetic_sgd", []),
+    # mini-batches from epochs (n = 40): batch 2, 20 steps per epoch, chunks across epochs
+    ("stochastic_adam", []), ("stochastic_adamw", []),
+    ("synthetic_signgd", ["data.batch_size=8", "data.sampling=replace"]),
+    ("synthetic_sgd", ["data.batch_size=12", "data.last_batch=keep"]),  # batches 12, 12, 12, 4
+])
+def test_chunked_run_is_the_run_with_one_step_per_training_step(tmp_path, name, extra):
     """Default chunks (k = 50 here: the tiny config's log_every and align.every) against
     k = 1: the same steps, logs, evaluations and alignment records, and the same weights up
     to float32 round-off (the chunk's closed-form gradient sums in another order than
-    autograd). SGD checks that a chunk's mini-batches are the steps' own, in order."""
-    cfg = {k: tiny_config(name, f"trainer.steps_per_batch={k}", "run.replicas=2",
+    autograd). The mini-batch runs check that a chunk's batches are the steps' own, in order."""
+    cfg = {k: tiny_config(name, *extra, f"trainer.steps_per_batch={k}", "run.replicas=2",
                           tmp_path=tmp_path / f"k{k}") for k in ("null", 1)}
     assert steps_per_batch(cfg["null"]) == 50 and steps_per_batch(cfg[1]) == 1
     summary = {k: run(c) for k, c in cfg.items()}

@@ -20,9 +20,12 @@ def tiny_overrides(name: str, cifar_root) -> list[str]:
     """A few examples of the conf's own data, on this machine's CPU."""
     cfg = load_config(name)
     if cfg.data.task == "images":
-        return [f"data.root={cifar_root}", "data.n=8", "data.n_test=8", "data.batch_size=4",
-                "data.workers=0", "trainer.accelerator=cpu"]
-    out = ["data.n=20", "data.n_test=40"]
+        out = ["data.n=8", "data.n_test=8", "data.workers=0", "trainer.accelerator=cpu",
+               "align.images=4"]
+        if cfg.data.batch_size is not None:  # mini-batches (full batch stays full)
+            out.append("data.batch_size=4")
+    else:
+        out = ["data.n=20", "data.n_test=40"]
     if cfg.data.task != "synthetic" and cfg.data.dataset.startswith("cifar"):
         out.append(f"data.root={cifar_root}")
     return out

@@ -123,3 +123,29 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     evals = [[r["test/error"] for r in read_csv(d / "metrics.csv") if r["test/error"]]
              for d in (tmp_path / "run", ddp_dir)]
     assert evals[0] == evals[1] and len(evals[0]) >= 2
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process_on_whole_images(tmp_path):
+    """A CNN on augmented whole images (data.task=images): each rank takes its half of every
+    batch (the same crops and flips), DDP averages the gradients: the one-process run."""
+    short = ["trainer.max_steps=12", "trainer.eval_every=6", "trainer.log_every=3",
+             "align.every=6", "data.n=48", "data.n_test=100", "data.batch_size=16",
+             "model.width=4", "data.augment=true", "trainer.progress_bar=false"]
+    single = run(tiny_config("fmnist_cnn_sgd", *short, tmp_path=tmp_path))
+    ddp = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), "conf=fmnist_cnn_sgd", *short,
+         "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+         f"run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    w1 = torch.load(tmp_path / "run" / "weights.pt")
+    w2 = torch.load(tmp_path / "ddp" / "weights.pt")
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["test_error"] == single["test_error"]
+    assert summary["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert summary["first_layer_feature_energy"] == pytest.approx(
+        single["first_layer_feature_energy"], rel=1e-4)

@@ -19,6 +19,8 @@ CASES = {  # conf, extra overrides
     "adam": ("synthetic_adam", []),
     "adamw": ("synthetic_adamw", []),
     "signgd": ("synthetic_signgd", []),
+    "adam_minibatch": ("stochastic_adam", []),  # batches of 2 from epochs of 20 steps
+    "adamw_minibatch": ("stochastic_adamw", ["data.batch_size=12", "data.last_batch=keep"]),
 }
 
 

@@ -176,7 +176,7 @@ def test_closed_form_objective_and_gradient_equal_autograd(name):
     (adamw, whose decay is the optimizer's): same objective, same gradient, same f."""
     module, (x, y) = module_and_batch(name)
     module.double()
-    x, y = SparsePatches(x.matrix.double(), None, x.shape), y.double()
+    x, y = x.to(torch.float64), y.double()
     value, f = module.objective(x, y)
     value.sum().backward()
     closed = objective.objective_and_gradient(module.net, x, y, module.lam, module.params)

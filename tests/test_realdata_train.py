@@ -9,9 +9,10 @@ import pytest
 import torch
 from helpers import tiny_config
 
+from adamgap.data import generator
 from adamgap.errors import ConfigError
 from adamgap.tasks.image_patches import to_patches
-from adamgap.tasks.resnet import ResNetClassifier
+from adamgap.tasks.images import ImageClassifier
 from adamgap.train import build_datamodule, run
 
 PLANTED = [f"{family}_patch_{opt}" for family in ("fmnist", "cifar10")
@@ -60,23 +61,26 @@ def test_cifar_resnet_configs_take_a_few_steps_on_cpu(name, cifar_root, tmp_path
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert 0.0 <= summary["test_error"] <= 1.0 and torch.isfinite(torch.tensor(
         summary["train_loss"]))
-    assert "feature_learning" not in summary  # no planted feature: the alignment is off
+    assert "feature_learning" not in summary  # no planted feature: only the first layer's
+    assert 0 <= summary["first_layer_feature_energy"] <= 1
 
 
 def test_resnet_is_adapted_to_32x32_and_augmentation_crops_and_flips(cifar_root):
-    net = ResNetClassifier(classes=10, channels=3, seed=0).net
+    net = ImageClassifier("resnet18", 3, 32, 10, seed=0).net
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, torch.nn.Identity)
-    assert ResNetClassifier(10, 3, 0)(torch.zeros(2, 3, 32, 32)).shape == (1, 2, 10)
-    assert torch.equal(ResNetClassifier(10, 3, 4).net.conv1.weight,
-                       ResNetClassifier(10, 3, 4).net.conv1.weight)  # W(0) from the seed
+    assert ImageClassifier("resnet18", 3, 32, 10, 0)(torch.zeros(2, 3, 32, 32)).shape == (1, 2, 10)
+    assert torch.equal(ImageClassifier("resnet18", 3, 32, 10, 4).net.conv1.weight,
+                       ImageClassifier("resnet18", 3, 32, 10, 4).net.conv1.weight)  # W(0)
     dm = build_datamodule(tiny_config("cifar10_resnet_sgd", *RESNET_TINY,
                                       f"data.root={cifar_root}"))
-    plain, augmented = dm.dataset("train", augment=False), dm.dataset("train", augment=True)
-    x, _ = plain[0]
-    assert x.shape == (3, 32, 32) and abs(float(x.mean())) < 0.5  # standardized
-    views = torch.stack([augmented[0][0] for _ in range(20)])
-    assert not all(torch.equal(v, x) for v in views)  # random crops / flips differ
+    x = dm.batch("train", torch.arange(8))[0]
+    assert x.shape == (8, 3, 32, 32) and abs(float(x.mean())) < 0.5  # standardized
+    views = torch.stack([dm.train_batch(t)[0] for t in range(40)])  # 20 epochs of 2 batches
+    order = [torch.randperm(16, generator=generator(0, f"epoch{t // 2}"))[8 * (t % 2):][:8]
+             for t in range(40)]
+    first = [views[t][(o == 0).nonzero().flatten()] for t, o in enumerate(order) if 0 in o]
+    assert not all(torch.equal(v, first[0]) for v in first)  # image 0: crops / flips differ
 
 
 @pytest.mark.slow
@@ -116,8 +120,9 @@ def test_image_patches_check_the_grid_and_alignment():
         tiny_config("fmnist_patch_adam", *patches)
     with pytest.raises(ConfigError, match="data.grid=5 .*divisor of the image side 28"):
         tiny_config("fmnist_patch_adam", *patches[:1], "data.grid=5")
-    with pytest.raises(ConfigError, match="align.enabled"):
-        tiny_config("fmnist_patch_adam", *patches, "data.d=49", "data.classes=[0,1,2]")
+    # more than two classes: no planted measure, but the first layer's alignment applies
+    assert tiny_config("fmnist_patch_adam", *patches, "data.d=49",
+                       "data.classes=[0,1,2]").align.enabled
 
 
 def test_report_section_pairs_seeds_and_writes_its_figures(tmp_path):

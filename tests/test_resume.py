@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from helpers import ROOT, TINY, computed_summary, tiny_config
+from helpers import ROOT, TINY, At, Crash, computed_summary, tiny_config
 
 from adamgap import train
 from adamgap.runtime.checkpointing import AtomicCheckpointIO
@@ -31,36 +30,18 @@ SETTINGS = ["trainer.max_steps=150", "trainer.eval_every=40", "trainer.log_every
 TASKS = {"adam": ("synthetic_adam", []),  # full batch
          "adam1": ("synthetic_adam", ["trainer.steps_per_batch=1"]),
          "sgd": ("synthetic_sgd", ["data.batch_size=8"]),  # mini-batches: data order matters
-         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"])}
+         "ensemble": ("synthetic_sgd", ["data.batch_size=8", "run.replicas=2"]),
+         # epochs of 7 batches (six of 6, one of 4): checkpoints fall mid-epoch
+         "epochs": ("stochastic_adam", ["data.batch_size=6", "data.last_batch=keep",
+                                        "run.replicas=2"]),
+         # a CNN on whole images with the standard augmentation: crops, flips and the batch
+         # order are drawn from the seed and the step (adamgap/tasks/images.py)
+         # (3 batches of 12 of the 40 images per epoch: step 40 resumes inside an epoch)
+         "images": ("fmnist_cnn_sgd", ["data.batch_size=12", "data.n_test=100", "model.width=4",
+                                       "data.augment=true", "align.images=40"])}
 
 
-class Crash(BaseException):
-    """Stands for a kill: nothing of the run is saved after it (Lightning only flushes logs)."""
 
-
-class At(L.Callback):
-    """Calls ``act()`` once, at the end of training step ``step`` (before any checkpoint)."""
-
-    def __init__(self, step: int, act):
-        self.step, self.act, self.done = step, act, False
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and not self.done:
-            self.done = True
-            self.act()
-
-
-@pytest.fixture
-def with_callback(monkeypatch):
-    """Make ``train.run`` use one more callback (for the rest of the test)."""
-    def add(callback: L.Callback) -> None:
-        trainer_cls = L.Trainer
-
-        def trainer(*args, callbacks=(), **kwargs):
-            return trainer_cls(*args, callbacks=[callback, *callbacks], **kwargs)
-
-        monkeypatch.setattr(train.L, "Trainer", trainer)
-    return add
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +85,11 @@ def checkpoint_step(run_dir: Path) -> int:
     ("adam", 70, 60),  # checkpoint at the end of a training step
     ("sgd", 90, 80),
     ("ensemble", 70, 60),
+    ("epochs", 70, 60),  # checkpoint at step 60: batch 4 of epoch 8
     ("adam1", 47, 40),
     ("adam1", 73, 60),
+    ("images", 47, 40),  # after the evaluation of step 40, inside an epoch
+    ("images", 73, 60),
 ])
 def test_crash_then_resume_equals_uninterrupted(task, crash_at, resumes_from, tmp_path,
                                                 reference, with_callback):
@@ -141,7 +125,8 @@ def test_signal_checkpoints_stops_and_resumes(task, signum, step, saved, tmp_pat
     summary = train.run(tiny_config(name, *SETTINGS, *extra, f"run.dir={run_dir}"))
     assert summary["status"] == "interrupted" and summary["steps"] == step
     assert summary["error"] == (f"stopped by {signum.name} at step {step} (checkpoint: step "
-                                f"{saved}); continue with run.resume=true")
+                                f"{saved}); continue with run.dir={run_dir} run.resume=true")
+    assert summary["stopped_by"] == signum.name
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert checkpoint_step(run_dir) == saved
     assert resume(task, run_dir)["status"] == "completed"

@@ -12,7 +12,10 @@ Each section appears when the sweeps hold what it needs:
   where Adam and GD share the axes (in one sweep or two), of the **gap** test error Adam - GD;
   a learning-rate axis is relative to each optimizer's own rate (``lr x``), so Adam's 1e-4 and
   GD's 0.1 line up;
-- a sweep with one other grid key gives a **curve** per optimizer (e.g. over the batch size).
+- a sweep with one other grid key gives a **curve** per optimizer (e.g. over the batch size);
+- a standard-gap directory (``scripts/standard_gap.py``, it holds ``protocol.json``) gives the
+  **real CNNs** section (``adamgap.analysis.realcnn_report``): the standard-gap table, SGD's win
+  rate, Figure 1's filters and the first layer's alignment curves.
 
 Numbers are mean +- the half-width of the 95% t-interval over seeds (``stats.mean_ci``).
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from adamgap import optimizers, provenance
+from adamgap.analysis import realcnn_report
 from adamgap.config import load_config
 from adamgap.errors import ConfigError
 from adamgap.experiments.aggregate import results
@@ -332,7 +336,16 @@ def failures(all_groups: list[Group]) -> list[str]:
 def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
     """Write ``out/report.md`` and its PNGs from ``sweep_dirs``; return the report's path."""
     out = Path(out)
+    here = provenance.collect()  # before this report writes into the tree
     out.mkdir(parents=True, exist_ok=True)
+    protocols = [d for d in sweep_dirs if (Path(d) / "protocol.json").is_file()]
+    sweep_dirs = [d for d in sweep_dirs if d not in protocols]
+    realcnn = [realcnn_report.section(d, out) for d in protocols]
+    if not sweep_dirs:  # only standard-gap directories: the real CNNs section alone
+        text = "\n".join(["# Real CNNs on real images: report", "",
+                          f"Report: {provenance.line(provenance.collect())}.", "", *realcnn])
+        write_text(out / "report.md", text)
+        return out / "report.md"
     head = ["# The Adam-GD generalization gap: report", "",
             "From `python scripts/report.py " + " ".join(map(str, sweep_dirs)) + "`.", "",
             "| sweep | conf | grid | seeds | cells | overrides |", "|---|---|---|---|---|---|"]
@@ -358,9 +371,9 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
     body = optimizer_sections(league, out) + phase_sections(surfaces, out) + body
     runs = provenance.lines_of([summary for g in all_groups for c in g.cells
                                 if (summary := read(cell_dir(g.sweep, c))) is not None])
-    head[3:3] = [*(f"Runs: {line}." for line in runs), "",
-                 f"Report: {provenance.line(provenance.collect())}.", ""]
-    text = "\n".join(head + [""] + body + failures(all_groups))
+    head[4:4] = [*(f"Runs: {line}." for line in runs), "",
+                 f"Report: {provenance.line(here)}.", ""]
+    text = "\n".join(head + [""] + body + failures(all_groups) + realcnn)
     write_text(out / "report.md", text)
     return out / "report.md"
 
@@ -368,7 +381,8 @@ def build(sweep_dirs: list[str | Path], out: str | Path) -> Path:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="report.py", description="Build report.md and PNGs from "
                                 "sweep directories (adamgap/analysis/report.py).")
-    p.add_argument("sweeps", nargs="+", help="sweep directories (scripts/sweep.py)")
+    p.add_argument("sweeps", nargs="+", help="sweep directories (scripts/sweep.py) or "
+                   "standard-gap directories (scripts/standard_gap.py)")
     p.add_argument("--out", help="output directory (default: the first sweep directory)")
     args = p.parse_args(argv)
     try:

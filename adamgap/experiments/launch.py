@@ -3,7 +3,9 @@ machine (``run_local``, ``sweep.jobs`` at a time, each in its own process when m
 or the sweep as a whole with its launcher (``run_sweep``: local, or a Slurm job array through
 ``adamgap.experiments.slurm``). A failed cell is recorded with its error line and never stops
 the others; a re-run skips finished cells, retries failed ones and continues interrupted ones
-from their last checkpoint."""
+from their last checkpoint (a cell whose ``summary.json`` no longer reads back runs again, from
+its last checkpoint, and the re-run says so). A file that cannot be written (a full disk) stops
+the sweep with one line: every later cell would fail the same way."""
 
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ from pathlib import Path
 import torch
 
 from adamgap import train
+from adamgap.errors import OutputError
 from adamgap.experiments.aggregate import aggregate
-from adamgap.experiments.cells import FINISHED, Cell, cell_file, record_of, state
+from adamgap.experiments.cells import FINISHED, Cell, cell_dir, cell_file, record_of, state
 from adamgap.experiments.slurm import submit_sweep
 from adamgap.experiments.spec import SweepSpec, config_of, load
 from adamgap.outputs import write_json, write_text
+from adamgap.runtime.checkpointing import Interrupted
+from adamgap.summary import read as read_summary
 from adamgap.summary import replicas_of
 
 
@@ -41,6 +46,14 @@ def run_cell(sweep_dir: Path, cell: Cell, threads: int | None = None) -> str:
     try:
         summary = train.run(config_of(cell, Path(sweep_dir)))
         status, error = summary.get("status", "completed"), _first_error(summary)
+    except OutputError as err:  # the sweep stops: the next cells could not write either
+        write_json(cell_file(sweep_dir, cell, ".json"), rec | {"status": "failed",
+                                                               "error": str(err)})
+        raise
+    except Interrupted as err:  # SIGINT before the cell's training, or twice: the sweep stops
+        write_json(cell_file(sweep_dir, cell, ".json"), rec | {"status": "interrupted",
+                                                               "error": str(err)})
+        raise KeyboardInterrupt from None
     except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
         status, error = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" \
             if str(err).strip() else type(err).__name__
@@ -100,6 +113,11 @@ def run_local(sweep_dir: Path, spec: SweepSpec, cells: list[Cell],
 
     progress(f"sweep {sweep_dir}: {len(cells)} cells, {len(cells) - len(todo)} finished, "
              f"{len(todo)} to run ({spec.jobs} at a time, {threads} threads each)")
+    for cell in todo:
+        damaged = cell_dir(sweep_dir, cell) / "summary.json"
+        if damaged.is_file() and read_summary(cell_dir(sweep_dir, cell)) is None:
+            progress(f"cell {cell.index} {cell.id}: {damaged} is damaged; the cell runs again "
+                     "from its last checkpoint")
     if spec.jobs == 1:
         for cell in todo:
             one(cell)

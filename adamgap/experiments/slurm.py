@@ -37,6 +37,8 @@ from adamgap.outputs import write_json
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: slurm/*.sbatch, scripts/
 # Slurm's time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
+# Slurm's memory sizes: a number with an optional unit (K, M, G or T; none: megabytes)
+MEM = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
 
 
 @dataclass
@@ -65,10 +67,19 @@ def validate(s: SlurmSpec) -> None:
             ("gpus", s.gpus >= 0, "an integer >= 0"),
             ("cpus", s.cpus >= 1, "an integer >= 1"),
             ("parallel", s.parallel is None or s.parallel >= 1, "null or an integer >= 1"),
+            ("mem", s.mem is None or bool(MEM.match(s.mem)),
+             "null or a Slurm memory size such as 8G or 16000M"),
             ("sbatch_args", all(a.startswith("-") for a in s.sbatch_args),
              "a list of sbatch options such as [--constraint=a100]")):
         if not ok:
             raise ConfigError(f"sweep.slurm.{key}={getattr(s, key)!r} is not allowed: {allowed}")
+
+
+def mem_bytes(mem: str) -> float:
+    """A Slurm ``--mem`` size in bytes (0, all of a node's memory: unlimited here)."""
+    number, unit = MEM.match(mem).groups()
+    size = int(number) * 1024 ** "KMGT".index((unit or "M").upper()) * 1024
+    return size if size > 0 else float("inf")
 
 
 def common_options(s: SlurmSpec) -> list[str]:

@@ -16,6 +16,10 @@ launcher (``sweep.launcher``; ``local`` here, a Slurm job array elsewhere) runs 
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from itertools import product
@@ -29,13 +33,16 @@ from adamgap import preflight
 from adamgap.config import load_config, parse_overrides
 from adamgap.errors import ConfigError
 from adamgap.experiments.cells import Cell
-from adamgap.experiments.slurm import SlurmSpec
+from adamgap.experiments.slurm import SlurmSpec, mem_bytes
 from adamgap.experiments.slurm import validate as validate_slurm
 from adamgap.outputs import write_json, write_text
 
 LAUNCHERS = ("local", "slurm")  # where cells run: this machine, or a Slurm job array
 # keys the sweep sets itself for every cell: a grid over them would fight the sweep
 RESERVED = ("seed", "run.replicas", "run.dir", "run.resume")
+# at most this many cells: every one is validated when the sweep is planned (a few ms each),
+# and a Slurm array is capped at MaxArraySize (1001 by default) anyway
+MAX_CELLS = 10_000
 
 
 @dataclass
@@ -105,7 +112,9 @@ def check(raw: dict) -> SweepSpec:
             ("chunk", spec.chunk is None or spec.chunk >= 1, "null or an integer >= 1"),
             ("launcher", spec.launcher in LAUNCHERS, " | ".join(LAUNCHERS)),
             ("jobs", spec.jobs >= 1, "an integer >= 1"),
-            ("threads", spec.threads is None or spec.threads >= 1, "null or an integer >= 1")):
+            ("threads", spec.threads is None or 1 <= spec.threads <= _cores(spec),
+             f"null or an integer in 1..{_cores(spec)}" + (" (this machine's cores)" if
+                                                          spec.launcher == "local" else ""))):
         if not ok:
             raise ConfigError(f"sweep.{key}={getattr(spec, key)!r} is not allowed: {allowed}")
     if spec.launcher == "slurm":
@@ -117,6 +126,11 @@ def check(raw: dict) -> SweepSpec:
             raise ConfigError(f"sweep.grid.{key}: the sweep sets {key} itself; use sweep.seeds "
                               "and base overrides (seed=S sets the first seed)")
     return spec
+
+
+def _cores(spec: SweepSpec) -> int:
+    """The most torch threads a cell may ask for: this machine's cores when it runs here."""
+    return (os.cpu_count() or 1) if spec.launcher == "local" else 1024
 
 
 def _check_grid_key(key: str, cfg) -> None:
@@ -140,8 +154,14 @@ def plan(spec: SweepSpec) -> list[Cell]:
     for key in spec.grid:
         _check_grid_key(key, base)
     first, chunk = base.seed, spec.chunk or spec.seeds
+    count = math.prod(len(v) for v in spec.grid.values()) * math.ceil(spec.seeds / chunk)
+    if count > MAX_CELLS:
+        raise ConfigError(f"sweep.seeds={spec.seeds} with sweep.chunk={spec.chunk} and the grid "
+                          f"give {count} cells, more than {MAX_CELLS}: use fewer grid values, "
+                          "or more seeds per cell (sweep.chunk)")
     blocks = [(first + i, min(chunk, spec.seeds - i)) for i in range(0, spec.seeds, chunk)]
-    cells = []
+    here = spec.launcher == "local"
+    cells, needs = [], []
     for point in product(*spec.grid.values()):
         values = dict(zip(spec.grid, point, strict=True))
         conf = values.get("conf", spec.conf)
@@ -155,10 +175,24 @@ def plan(spec: SweepSpec) -> list[Cell]:
             cell = Cell(index, _slug("_".join([f"{index:03d}", *label])), conf, values, seed,
                         replicas, over)
             try:
-                preflight.check(config_of(cell, Path(".")))
+                cfg = config_of(cell, Path("."))
+                preflight.check(cfg, memory=here)
+                if here:
+                    needs.append(preflight.memory_needed(cfg))
+                elif spec.slurm.mem:
+                    preflight.check_memory(cfg, mem_bytes(spec.slurm.mem),
+                                           f"sweep.slurm.mem={spec.slurm.mem} gives")
             except ConfigError as err:
                 raise ConfigError(f"sweep cell {cell.id}: {err}") from None
             cells.append(cell)
+    if here and spec.jobs > 1:  # the largest cells may run at the same time
+        together = sum(sorted(needs)[-spec.jobs:])
+        avail = preflight.available_memory()
+        if together > avail:
+            raise ConfigError(f"sweep.jobs={spec.jobs} is too large: {min(spec.jobs, len(cells))} "
+                              f"cells at once need about {preflight.gb(together)} of memory, "
+                              f"this machine has {preflight.gb(avail)} available; lower "
+                              "sweep.jobs")
     return cells
 
 
@@ -176,16 +210,32 @@ def config_of(cell: Cell, sweep_dir: Path) -> DictConfig:
 
 
 def create(spec: SweepSpec) -> Path:
-    """Write ``sweep.yaml`` and ``cells.json`` (or find the same spec already there: resume)."""
+    """Write ``sweep.yaml`` and ``cells.json`` (or find the same spec already there: resume).
+    A ``sweep.yaml`` that no longer reads back is written again from this spec when the cells
+    it would plan are the ones ``cells.json`` lists."""
     cells = plan(spec)
     if spec.dir is None:
         spec.dir = str(Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     sweep_dir = Path(spec.dir)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, a read-only or full file system
+        raise ConfigError(f"sweep.dir={sweep_dir} cannot be created: {err.strerror or err}; "
+                          "choose another sweep.dir") from None
     if (sweep_dir / "sweep.yaml").is_file():
-        old, _ = load(sweep_dir)
+        try:
+            old = read_spec(sweep_dir)
+        except ConfigError:
+            if _read_cells(sweep_dir) not in (None, cells):
+                raise ConfigError(f"sweep.dir={sweep_dir}: its sweep.yaml is damaged and its "
+                                  "cells.json lists other cells than these settings give; choose "
+                                  "another sweep.dir") from None
+            write_text(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(spec)))
+            old = spec
         if _what(old) != _what(spec):
             raise ConfigError(f"sweep.dir={sweep_dir} holds a different sweep (sweep.yaml); "
                               "choose another sweep.dir, or resume it with --dir")
+        load(sweep_dir)  # cells.json: rebuilt if it is damaged
         return sweep_dir
     write_text(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(spec)))
     write_json(sweep_dir / "cells.json", [asdict(c) for c in cells])
@@ -198,10 +248,42 @@ def _what(spec: SweepSpec) -> dict:
                                                                  "threads", "slurm")}
 
 
-def load(sweep_dir: str | Path) -> tuple[SweepSpec, list[Cell]]:
+def read_spec(sweep_dir: Path) -> SweepSpec:
+    """``SWEEP_DIR/sweep.yaml``, checked; ConfigError naming the file when it is damaged."""
+    path = Path(sweep_dir) / "sweep.yaml"
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # the YAML parser's errors: a truncated or overwritten file
+        raise ConfigError(f"{path} is damaged ({str(err).splitlines()[0]}): what the sweep "
+                          "runs is unknown; run the sweep's command again with "
+                          f"sweep.dir={sweep_dir} (finished cells are kept)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} is damaged (not a mapping of sweep settings); run the "
+                          f"sweep's command again with sweep.dir={sweep_dir}")
+    return check(raw)
+
+
+def _read_cells(sweep_dir: Path) -> list[Cell] | None:
+    """``SWEEP_DIR/cells.json``, or None when it is missing or does not read back."""
+    try:
+        return [Cell(**c) for c in json.loads((Path(sweep_dir) / "cells.json").read_text())]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load(sweep_dir: str | Path, say: Callable[[str], None] | None = None
+         ) -> tuple[SweepSpec, list[Cell]]:
+    """The spec and cells of the sweep in ``sweep_dir``. A damaged ``cells.json`` is planned
+    again from ``sweep.yaml`` and rewritten, saying so in one line (``say``, default stderr)."""
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / "sweep.yaml").is_file():
         raise ConfigError(f"--dir {sweep_dir}: no sweep.yaml there (not a sweep directory)")
-    spec = check(OmegaConf.to_container(OmegaConf.load(sweep_dir / "sweep.yaml")))
-    cells = [Cell(**c) for c in json.loads((sweep_dir / "cells.json").read_text())]
+    spec = read_spec(sweep_dir)
+    cells = _read_cells(sweep_dir)
+    if cells is None:
+        cells = plan(spec)
+        write_json(sweep_dir / "cells.json", [asdict(c) for c in cells])
+        (say or (lambda line: print(line, file=sys.stderr)))(
+            f"warning: {sweep_dir / 'cells.json'} was missing or damaged; planned its "
+            f"{len(cells)} cells again from sweep.yaml")
     return spec, cells

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adamgap.errors import ConfigError
+from adamgap.errors import ConfigError, RunError
 from adamgap.experiments.aggregate import aggregate
 from adamgap.experiments.launch import run_cell, run_sweep
 from adamgap.experiments.spec import create, load, parse_args
@@ -27,7 +27,7 @@ USAGE = "sweep.py --dir D [--cell I | --aggregate] [--threads N]"
 def main(argv: list[str]) -> int:
     """``conf=... sweep.*=... key=value`` (new or same sweep), or ``--dir D [--cell I |
     --aggregate] [--threads N]``. Exit 0 when every cell finished, 1 when one failed, 2 on bad
-    input."""
+    input (130 after Ctrl-C)."""
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # argparse's usage + error: one line, as everywhere
             raise ConfigError(f"{message} (usage: {USAGE})")
@@ -62,6 +62,10 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # a file that cannot be written (a full disk): the sweep stops
+        print(f"error: {err} (the sweep: free space, then resume it with python "
+              f"scripts/sweep.py --dir {sweep_dir})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: finished cells stay, the rest resume
         print(f"interrupted: resume with python scripts/sweep.py --dir {sweep_dir}",
               file=sys.stderr)

@@ -108,16 +108,28 @@ def claim(cfg: DictConfig, run_dir: Path) -> dict | None:
         if state != "new":
             check_same_config(cfg, run_dir)
         if attempt == "check":
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a file of that name, a read-only or full file system
+                raise ConfigError(f"run.dir={run_dir} cannot be created: "
+                                  f"{err.strerror or err}; choose another run.dir") from None
             lock(run_dir)
     return None
 
 
 def lock(run_dir: Path) -> None:
-    """Take ``run_dir``'s lock for this process, or raise :class:`ConfigError` (running)."""
+    """Take ``run_dir``'s lock for this process, or raise :class:`ConfigError` (running). The
+    descriptor that holds the lock is read-only, so that an open lock never keeps a file
+    system from being remounted read-only (or counts as a writer)."""
     key = run_dir.resolve()
     release(run_dir)  # a run of this process that ended by an exception left it held
-    f = open(run_dir / LOCK, "a+")
+    path = run_dir / LOCK
+    try:
+        open(path, "a").close()  # create it
+        f = open(path)
+    except OSError as err:  # a read-only directory
+        raise ConfigError(f"run.dir={run_dir} is not writable: {err.strerror or err}; choose "
+                          "another run.dir") from None
     if fcntl is not None:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,11 +138,12 @@ def lock(run_dir: Path) -> None:
             raise ConfigError(refusal(run_dir, "running")) from None
         except OSError:
             pass  # a filesystem without locks: concurrent runs here cannot be detected
-    f.seek(0)
-    f.truncate()
-    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
-    f.flush()
+    try:  # the holder's name, for the message another process prints; the lock is the flock
+        with open(path, "w") as out:
+            out.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    except OSError:  # a full disk: the lock holds all the same
+        pass
     _held[key] = f
 
 
@@ -147,13 +160,32 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
-    old = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # the YAML parser's errors: a truncated or overwritten file
+        raise ConfigError(f"run.resume=true: {path} is damaged ({str(err).splitlines()[0]}), "
+                          "so what the run computed is unknown; start it again in another "
+                          "run.dir") from None
+    diff = first_difference(computing_settings(old if isinstance(old, dict) else {}),
+                            computing_settings(cfg))
+    if diff is not None:
+        raise ConfigError(f"run.resume=true: {diff} in {path}; resume with the run's settings")
+
+
+def computing_settings(cfg: DictConfig | dict) -> dict:
+    """The settings that decide what a run computes, flat (``data.n``: 200): all but
+    ``RESUMABLE_CHANGES``. Checkpoints carry them (``checkpointing.CONFIG_KEY``)."""
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {k: v for k, v in _flat(node).items() if not k.startswith(RESUMABLE_CHANGES)}
+
+
+def first_difference(old: dict, new: dict) -> str | None:
+    """``KEY=NEW differs from KEY=OLD`` for the first key where two ``computing_settings``
+    differ, or None."""
     for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
-            continue
-        raise ConfigError(f"run.resume=true: {key}={new.get(key)!r} differs from "
-                          f"{key}={old.get(key)!r} in {path}; resume with the run's settings")
+        if old.get(key) != new.get(key):
+            return f"{key}={new.get(key)!r} differs from {key}={old.get(key)!r}"
+    return None
 
 
 def _flat(node, prefix: str = "") -> dict:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from adamgap.data import PatchSet, SyntheticDataModule, generator
 from adamgap.errors import ConfigError
+from adamgap.first_layer import patch_inputs
 from adamgap.tasks.datasets import load, subset, to_float
 from adamgap.tasks.datasets import normalize as normalize_rows  # the argument name is taken
 
@@ -49,6 +50,7 @@ class ImagePatchDataModule(SyntheticDataModule):
                 mean = x.mean(0)  # centering uses the training images' mean
             x = normalize_rows(x, normalize, mean).view(shape)
             self.pools[stream] = (to_patches(x, grid), y)
+            self.patch_shape = (shape[1], shape[2] // grid, shape[3] // grid)  # (C, b, b)
             need = n if train else n_test
             if need > len(y):
                 raise ConfigError(f"data.{'n' if train else 'n_test'}={need} is not allowed: "
@@ -83,6 +85,14 @@ class ImagePatchDataModule(SyntheticDataModule):
         index = torch.arange(self.d).expand(x.shape)
         return PatchSet(index[None], x[None], y[None], torch.zeros(1, n, dtype=torch.long),
                         self.d)
+
+    def first_layer_inputs(self, limit: int) -> tuple[Tensor, Tensor]:
+        """Up to ``limit`` training and test examples, (K, N, P, d) (``first_layer``)."""
+        return patch_inputs(self.train, self.test, limit)
+
+    def filter_images(self, filters: Tensor) -> Tensor:
+        """Filters (K, F, d) as the patches they match, (K, F, C, b, b)."""
+        return filters.unflatten(-1, self.patch_shape)
 
     def class_index(self, y: Tensor) -> Tensor:
         """Class positions 0..C-1 of labels y (+1 -> 0, -1 -> 1 for the binary task)."""

@@ -36,6 +36,7 @@ from adamgap.data import (
     sparse_noise,
 )
 from adamgap.errors import ConfigError
+from adamgap.first_layer import patch_inputs
 from adamgap.tasks.datasets import load, normalize, subset, to_float
 
 
@@ -110,11 +111,12 @@ class PlantedDataModule(SyntheticDataModule):
                  n_test: int, s: int, sigma_p: float | None, alpha: float, labels: str,
                  feature_position: str, patches: int, batch_size: int | None,
                  sparse: bool | None, max_steps: int, steps_per_batch: int) -> None:
-        self.noise_coords, self.feature_noise = noise_coords, feature_noise
+        self.noise_coords, self.feature_noise, self.basis = noise_coords, feature_noise, basis
         self.pools = {}
         for stream, train in (("train", True), ("test", False)):
             images, y = subset(load(dataset, root, download, train), classes)
             x = to_float(images, image_size)
+            self.image_shape = tuple(x.shape[1:])  # (C, side, side)
             if stream == "train":  # centering uses the training images' mean, in the basis
                 mean = feature_vectors(x, basis, "none", None).mean(0)
             u = feature_vectors(x, basis, normalize, feature_k, mean)
@@ -141,6 +143,19 @@ class PlantedDataModule(SyntheticDataModule):
         return make_planted(seed, n, self.pools[stream], self.d, self.s, self.sigma_p,
                             self.alpha, self.labels, self.feature_position, self.patches,
                             self.noise_coords, self.feature_noise, stream)
+
+    def first_layer_inputs(self, limit: int) -> tuple[Tensor, Tensor]:
+        """Up to ``limit`` training and test examples, dense (K, N, P, d) (``first_layer``)."""
+        return patch_inputs(self.train, self.test, limit)
+
+    def filter_images(self, filters: Tensor) -> Tensor:
+        """The image part of filters (K, F, d) as pictures (K, F, C, side, side): its first D
+        coordinates, back from the DCT basis when the features are in it."""
+        x = filters[..., : self.D].unflatten(-1, self.image_shape)
+        if self.basis == "dct":
+            m = dct_matrix(x.shape[-1])
+            x = m.T @ x @ m  # the inverse of the orthonormal transform
+        return x
 
     def feature_patches(self) -> Tensor:
         """The training feature patches' images u_i, (K, n, D)."""

@@ -29,6 +29,7 @@ from adamgap.config import load_config, load_run_config
 from adamgap.errors import ConfigError
 from adamgap.outputs import write_json, write_text
 from adamgap.summary import read
+from adamgap.theory import stochastic
 from adamgap.theory.claims import Verdict, check_all, load_trajectories
 from adamgap.theory.convex import compare_runs
 
@@ -256,6 +257,22 @@ def markdown(verdicts: list[Verdict], details: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def verify_stochastic(root: str | Path, out: str | Path | None) -> list[Verdict]:
+    """The follow-up's claims (``theory.stochastic``) on the study under ``root``; writes
+    ``stochastic.json`` and ``stochastic.md`` into ``out``."""
+    if not (Path(root) / "adam" / "sweep.yaml").is_file():
+        raise ConfigError(f"--stochastic {root}: no study there (python scripts/stochastic.py "
+                          f"run --root {root} makes one)")
+    verdicts, details = stochastic.check_all(root)
+    if out is not None:
+        out = Path(out)
+        write_json(out / "stochastic.json", {"verdicts": [v.as_dict() for v in verdicts],
+                                             **details})
+        write_text(out / "stochastic.md", stochastic.markdown(verdicts, details,
+                                                              table(verdicts)))
+    return verdicts
+
+
 def main(argv: list[str]) -> int:
     """``scripts/verify.py``: parse arguments, verify, print the table; exit 0 only when every
     claim holds (1 otherwise, 2 for a bad setting)."""
@@ -269,7 +286,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="write verdicts.json/.md and details.json here")
     p.add_argument("--run-root", default=None, help="where new runs go (runs/verify/<time>)")
     p.add_argument("--quick", action="store_true", help="the reduced setting (seconds)")
+    p.add_argument("--stochastic", default=None, metavar="ROOT",
+                   help="instead: the follow-up's claims (stochastic Adam) on the study under "
+                        "ROOT (scripts/stochastic.py run --root ROOT)")
     args = p.parse_args(argv)
+    if args.stochastic is not None:
+        try:
+            verdicts = verify_stochastic(args.stochastic, args.out)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(table(verdicts))
+        return 0 if all(v.passed for v in verdicts) else 1
     # --runs takes every word after it: key=value words there are overrides, not directories
     args.overrides += [r for r in args.runs if "=" in r and not Path(r).exists()]
     args.runs = [r for r in args.runs if r not in args.overrides]

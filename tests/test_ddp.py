@@ -24,7 +24,8 @@ from adamgap.train import RUN_STAMP_ENV, build_datamodule, build_module, prepare
 def rank_datamodule(cfg, rank: int, world: int):
     """The datamodule as DDP rank ``rank`` of ``world`` sets it up (a stand-in Trainer)."""
     dm = build_datamodule(cfg)
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world,
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
     dm.setup("fit")
     return dm
 

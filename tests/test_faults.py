@@ -112,20 +112,22 @@ class AtTrainEnd(L.Callback):
         self.act()
 
 
-# At a checkpoint step both metrics.csv and the checkpoint are written: a small append can
-# still fit in the last page the file already has on the full tmpfs, so either may fail first.
+# metrics.csv takes rows every 10 steps and the checkpoint every 50: on the full tmpfs an
+# append can still fit in the last page the file already has, so the first write that fails is
+# a metrics row of a later step (``first`` .. ``at_step``) or, at ``at_step``, the checkpoint.
 AT_CHECKPOINT = ("metrics.csv", "checkpoints/last.ckpt")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when, failing, at_step, kept", [
-    (20, AT_CHECKPOINT, 50, None),  # before the first checkpoint: nothing to keep yet
-    (120, AT_CHECKPOINT, 150, 100),  # the rows flushed before the checkpoint of step 150
-    ("train end", ("alignment.csv",), 300, 250),  # the results at the end
-    ("weights", ("weights.pt",), 300, 250),  # after training and evaluation
+@pytest.mark.parametrize("when, failing, first, at_step, kept", [
+    (20, AT_CHECKPOINT, 30, 50, None),  # before the first checkpoint: nothing to keep yet
+    (120, AT_CHECKPOINT, 130, 150, 100),  # the rows flushed before the checkpoint of step 150
+    ("train end", ("alignment.csv",), 300, 300, 250),  # the results at the end
+    ("weights", ("weights.pt",), 300, 300, 250),  # after training and evaluation
 ])
 def test_a_disk_that_fills_up_stops_the_run_and_resume_finishes_it(
-        when, failing, at_step, kept, disk, reference, with_callback, monkeypatch, capsys):
+        when, failing, first, at_step, kept, disk, reference, with_callback, monkeypatch,
+        capsys):
     run_dir = disk.path / "run"
     if when == "train end":
         with_callback(AtTrainEnd(disk.fill))
@@ -139,14 +141,16 @@ def test_a_disk_that_fills_up_stops_the_run_and_resume_finishes_it(
     go_on = f"continue with run.dir={run_dir} run.resume=true"
     failed = next((name for name in failing if f"write {run_dir / name}:" in line), None)
     assert failed is not None, (failing, line)
+    step = int(line.split(" at step ")[1].split(";")[0])
+    assert first <= step <= at_step and (step == at_step or failed == "metrics.csv"), line
     if kept is None:
         assert line == (f"error: cannot write {run_dir / failed}: No space left on device at "
-                        f"step {at_step}; no checkpoint yet: free space (or make {run_dir} "
+                        f"step {step}; no checkpoint yet: free space (or make {run_dir} "
                         f"writable), then {go_on} (it starts from step 0)")
         assert not (run_dir / CHECKPOINT_DIR / LAST).exists()
     else:
         assert line == (f"error: cannot write {run_dir / failed}: No space left on device at "
-                        f"step {at_step}; the checkpoint of step {kept} is kept: free space (or "
+                        f"step {step}; the checkpoint of step {kept} is kept: free space (or "
                         f"make {run_dir} writable), then {go_on}")
         assert checkpoint_step(run_dir / CHECKPOINT_DIR / LAST) == kept
     assert not (run_dir / "summary.json").exists()

@@ -96,16 +96,18 @@ def test_failed_cell_is_recorded_and_the_others_finish_then_a_rerun_redoes_it(tm
     import adamgap.train
 
     spec = spec_of(tmp_path, "conf=synthetic_adam", "sweep.seeds=2",
-                   "sweep.grid.optim.kwargs=[{},{amsgrad: true},{bogus: 1}]")
+                   "sweep.grid.optim.kwargs=[{},{amsgrad: true},{maximize: false}]")
     sweep_dir = create(spec)
     cells = load(sweep_dir)[1]
     assert (sweep_dir / "sweep.yaml").is_file() and len(cells) == 3  # written before any run
     real = adamgap.train.run
 
-    def flaky(cfg):  # cell 1 fails on its first attempt only
+    def flaky(cfg):  # cell 1 fails on its first attempt only, cell 2 every time
         if cfg.run.dir.endswith(cells[1].id) and not flaky.failed:
             flaky.failed = True
             raise RuntimeError("node lost\nsecond line")
+        if cfg.run.dir.endswith(cells[2].id):
+            raise TypeError("the optimizer's step() got a bogus argument")
         return real(cfg)
 
     flaky.failed = False

@@ -64,14 +64,19 @@ def check(cfg: DictConfig, memory: bool = True) -> None:
 
 
 # -- the optimizer and its schedule -------------------------------------------------------------
-def _check_optimizer(cfg: DictConfig) -> None:
+def check_optimizer_name(name: str) -> None:
+    """That ``optim.name`` names an optimizer class (whether it builds and steps is
+    ``_check_optimizer``'s to say)."""
     try:
-        resolve_optimizer_class(cfg.optim.name)
+        resolve_optimizer_class(name)
     except ValueError:
-        raise ConfigError(f"optim.name={cfg.optim.name!r} is not allowed: "
-                          f"{' | '.join(OPTIMIZERS)}, a torch.optim class, a pytorch-optimizer "
-                          "name or module:Class"
+        raise ConfigError(f"optim.name={name!r} is not allowed: {' | '.join(OPTIMIZERS)}, a "
+                          "torch.optim class, a pytorch-optimizer name or module:Class"
                           ) from None
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    check_optimizer_name(cfg.optim.name)
     optim = OmegaConf.to_container(cfg.optim)
     problem = _optimizer_problem(json.dumps(optim, sort_keys=True, default=repr),
                                  cfg.trainer.max_steps, _device(cfg))

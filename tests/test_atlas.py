@@ -135,11 +135,13 @@ def test_gaptest_end_to_end(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["optim.name=no_such_module:Opt"], "error: optim.name='no_such_module:Opt' is not allowed"),
-    (["optim.name=pytorch_optimizer:GSAM"],
-     "error: optim.name=pytorch_optimizer:GSAM cannot be built or stepped: TypeError: "),
+    (["optim.name=pytorch_optimizer:GSAM"],  # the preflight's line (config validation)
+     "error: optim.name='pytorch_optimizer:GSAM' is not allowed: GSAM(params, lr=...) fails: "
+     "TypeError: "),
     (["optim.name=test_probe:Broken"],
-     "error: optim.name=test_probe:Broken cannot be built or stepped: RuntimeError: this "
-     "optimizer cannot step"),
+     "error: optim.name='test_probe:Broken' is not allowed: Broken.step() fails on this "
+     "network's weight (one (2m, d) matrix per replica): RuntimeError: this optimizer cannot "
+     "step"),
     (["data.n=40"], "error: optim.name is required"),
 ])
 def test_gaptest_rejects_an_optimizer_it_cannot_build_or_step(argv, message, tmp_path, capsys,

@@ -205,35 +205,37 @@ def run_train(argv: list[str]) -> int:
     return train_main(train.run, argv)
 
 
-@pytest.mark.slow
-def test_generated_train_command_lines(stand_ins, capsys):
+def generated(main, argvs: st.SearchStrategy, cases: int, work: Path, capsys,
+              prepare=lambda argv: argv) -> dict[str, int]:
+    """Check ``cases`` command lines drawn (seeded) from ``argvs`` against the contract; how
+    many validated and how many were refused."""
     seen = {"valid": 0, "rejected": 0}
 
-    @settings(max_examples=TRAIN_CASES, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=cases, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(TRAIN_ARGV)
+    @given(argvs)
     def case(argv):
-        seen[outcome(run_train, argv, stand_ins, capsys)] += 1
+        seen[outcome(main, prepare(argv), work, capsys)] += 1
 
     case()
-    assert sum(seen.values()) >= TRAIN_CASES
+    assert sum(seen.values()) >= cases
+    return seen
+
+
+@pytest.mark.slow
+def test_generated_train_command_lines(stand_ins, capsys):
+    seen = generated(run_train, TRAIN_ARGV, TRAIN_CASES, stand_ins, capsys)
     assert seen["valid"] >= 20 and seen["rejected"] >= 500, seen  # both kinds occur
+
+
+def with_sweep_dir(argv: list[str]) -> list[str]:
+    """The sweep's own directory, not the default sweeps/<timestamp>."""
+    return argv if any(a.startswith("sweep.dir=") for a in argv) else [*argv, "sweep.dir=sweep"]
 
 
 @pytest.mark.slow
 def test_generated_sweep_command_lines(stand_ins, capsys):
-    seen = {"valid": 0, "rejected": 0}
-
-    @settings(max_examples=SWEEP_CASES, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(SWEEP_ARGV)
-    def case(argv):
-        if not any(a.startswith("sweep.dir=") for a in argv):
-            argv = [*argv, "sweep.dir=sweep"]  # not the default sweeps/<timestamp>
-        seen[outcome(sweep_cli.main, argv, stand_ins, capsys)] += 1
-
-    case()
-    assert sum(seen.values()) >= SWEEP_CASES
+    seen = generated(sweep_cli.main, SWEEP_ARGV, SWEEP_CASES, stand_ins, capsys, with_sweep_dir)
     assert seen["valid"] >= 5 and seen["rejected"] >= 100, seen
 
 

@@ -6,8 +6,9 @@ anything is written.
 
 - ``optim.name`` names an optimizer that can be built (``optimizers.resolve_optimizer_class``),
   and the optimizer and learning-rate schedule the run would build take one step on a stand-in
-  network: unknown or mistyped ``optim.kwargs``, an optimizer whose ``step()`` needs a closure
-  or a schedule that cannot step fail here, naming the key, not after the run directory exists;
+  network, as a training step takes it: unknown or mistyped ``optim.kwargs``, an optimizer that
+  cannot be built from parameters alone or cannot step on this network, or a schedule that
+  cannot step fail here, naming the key, not after the run directory exists;
 - Lightning accepts the ``trainer`` settings on this machine (accelerator, devices, strategy,
   precision: the Trainer is built once as a question, with no logger and no run);
 - the data, test set, weights, optimizer state, evaluation and alignment history fit in this

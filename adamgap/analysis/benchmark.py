@@ -129,7 +129,7 @@ WITHOUT_GC_PAUSE = ("import sys; from adamgap.cli import main; from adamgap.trai
 
 def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
           out: Path | None = ROOT / "docs" / "benchmark.md", log=print,
-          batches: bool = True) -> str:
+          batches: bool = True, protocol: bool = True) -> str:
     """Run every measurement; return (and write to ``out``) the markdown report. The repeats
     of the single-run variants are interleaved (A, B, C, A, B, C, ...) so that a change in the
     machine's load touches all of them alike."""
@@ -203,10 +203,10 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
     rows.append(("Table 1: `scripts/sweep.py sweep.grid.conf=[synthetic_adam,synthetic_gd] "
                  "sweep.seeds=10 sweep.jobs=2`", f"{c:.1f}", "20 runs of 10 000 steps"))
     steps = step_cost_rows(train, repeats, log) if batches else []
-    protocol = protocol_rows(train, repeats, log) if batches else []
+    protocol_runs = protocol_rows(train, repeats, log) if batches and protocol else []
     scale = scaling_rows(train, log) if scaling else []
     load = (load_before, os.getloadavg()[0])
-    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol)
+    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol_runs)
     if out is not None:
         write_into(out, text)
     return text
@@ -350,8 +350,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-scaling", action="store_true", help="skip the cost-scaling table")
     p.add_argument("--no-batches", action="store_true",
                    help="skip the step cost against the batch size and the batch-2 protocol")
+    p.add_argument("--no-protocol", action="store_true",
+                   help="skip the batch-2 protocol runs (10^6 steps each), keep the step costs")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmark.md"))
     args = p.parse_args(argv)
     print(bench(args.repeats, not args.no_scaling, args.threads, Path(args.out),
-                batches=not args.no_batches))
+                batches=not args.no_batches, protocol=not (args.no_batches or args.no_protocol)))
     return 0

@@ -447,7 +447,12 @@ def main(argv: list[str]) -> int:
         return 2
     atlas = protocol.Atlas(Path(args.dir), names, spec.overrides, spec, deadline=None
                            if args.minutes is None else time.monotonic() + 60 * args.minutes)
-    if not args.report and not protocol.run_atlas(atlas):
+    try:
+        complete = args.report or protocol.run_atlas(atlas)
+    except ConfigError as err:  # e.g. --dir holds another atlas's cells: nothing was run
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not complete:
         print(f"not complete: run the same command again once the jobs have ended "
               f"({args.dir})")
         return 1

@@ -214,7 +214,7 @@ def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
     except (OmegaConfBaseException, TypeError, ValueError) as err:  # TypeError: a list for a dict
-        key = getattr(err, "full_key", None) or _culprit(schema, node)
+        key = getattr(err, "full_key", None) or culprit(schema, node)
         msg = str(err).splitlines()[0]
         if "not in" in msg:
             parent = OmegaConf.select(schema, key.rpartition(".")[0]) if "." in key else schema
@@ -223,16 +223,17 @@ def _merge(schema: DictConfig, node: Any, where: str) -> DictConfig:
         raise ConfigError(f"bad value for '{key}' ({where}): {msg}") from None
 
 
-def _culprit(schema: DictConfig, node: Any, prefix: str = "") -> str:
-    """The dotted key of ``node`` that does not merge into ``schema`` (OmegaConf names none
-    when a whole group, e.g. ``data=5``, is replaced by a value)."""
+def culprit(schema: DictConfig, node: Any, prefix: str = "") -> str:
+    """The dotted key of ``node`` (a DictConfig or a plain dict) that does not merge into
+    ``schema``, one key merged at a time (OmegaConf names none when a whole group, e.g.
+    ``data=5``, is replaced by a value, or a mapping is given for a list)."""
     for key, value in node.items():
         try:
             OmegaConf.merge(schema, {key: value})
         except (OmegaConfBaseException, TypeError, ValueError):
             child = schema.get(key) if isinstance(schema, DictConfig) else None
-            if isinstance(value, DictConfig) and isinstance(child, DictConfig):
-                return _culprit(child, value, f"{prefix}{key}.")
+            if isinstance(value, (DictConfig, dict)) and isinstance(child, DictConfig):
+                return culprit(child, value, f"{prefix}{key}.")
             return f"{prefix}{key}"
     return "?"
 

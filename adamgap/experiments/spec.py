@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from adamgap import preflight
-from adamgap.config import load_config, parse_overrides
+from adamgap.config import culprit, load_config, parse_overrides
 from adamgap.errors import ConfigError
 from adamgap.experiments.cells import Cell
 from adamgap.experiments.slurm import SlurmSpec, mem_bytes
@@ -91,19 +91,6 @@ def parse_args(argv: list[str]) -> SweepSpec:
     return check(spec | {"grid": grid, "overrides": base})
 
 
-def _culprit(schema: DictConfig, raw: dict, prefix: str = "") -> str:
-    """The dotted key of ``raw`` that cannot merge into ``schema`` (one merged at a time)."""
-    for key, value in raw.items():
-        try:
-            OmegaConf.merge(schema, {key: value})
-        except Exception:  # noqa: BLE001 - any failure marks the key
-            sub = schema.get(key) if isinstance(schema, DictConfig) else None
-            if isinstance(value, dict) and isinstance(sub, DictConfig):
-                return _culprit(sub, value, f"{prefix}{key}.")
-            return f"{prefix}{key}"
-    return prefix.rstrip(".") or "?"
-
-
 def check(raw: dict) -> SweepSpec:
     """Schema and values of a sweep spec; ConfigError (one line, naming the key) otherwise."""
     schema = OmegaConf.structured(SweepSpec)
@@ -120,7 +107,7 @@ def check(raw: dict) -> SweepSpec:
                               ) from None
         raise ConfigError(f"bad value for 'sweep.{key}': {msg}") from None
     except (TypeError, ValueError) as err:  # OmegaConf's, e.g. a mapping for a list
-        raise ConfigError(f"bad value for 'sweep.{_culprit(schema, raw)}': "
+        raise ConfigError(f"bad value for 'sweep.{culprit(schema, raw)}': "
                           f"{str(err).splitlines()[0]}") from None
     spec = OmegaConf.to_object(node)  # a SweepSpec (its slurm settings a SlurmSpec)
     for key, ok, allowed in (

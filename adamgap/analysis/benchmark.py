@@ -355,5 +355,5 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmark.md"))
     args = p.parse_args(argv)
     print(bench(args.repeats, not args.no_scaling, args.threads, Path(args.out),
-                batches=not args.no_batches, protocol=not (args.no_batches or args.no_protocol)))
+                batches=not args.no_batches, protocol=not args.no_protocol))
     return 0

@@ -94,12 +94,12 @@ def probe(cfg: DictConfig, steps: int = STEPS, budget_ms: float | None = None) -
     name, s = cfg.optim.name, cfg.seed
     try:
         a, b = PROBE_LR, _own_lr(name)
-        first, seconds = _run(cfg, steps, [f"seed={s}", f"optim.lr={a}", "optim.layout=replicas"])
+        single = [f"seed={s}", f"optim.lr={a}", "optim.layout=replicas"]
+        first, seconds = _run(cfg, steps, single)
         if budget_ms is not None and 1e3 * seconds / steps > budget_ms:
             # the first run of a class (of a process) also pays one-time costs: lazy imports,
             # kernels, allocations; the same run again is the class's own cost
-            first, seconds = _run(cfg, steps, [f"seed={s}", f"optim.lr={a}",
-                                               "optim.layout=replicas"])
+            first, seconds = _run(cfg, steps, single)
             if 1e3 * seconds / steps > budget_ms:
                 return Verdict(name, "replicas", None, None, 1e3 * seconds / steps)
         singles = {(seed, lr): first[0] if (seed, lr) == (s, a) else

@@ -70,12 +70,13 @@ def test_batch_claims_are_judged_at_the_confs_lambda_on_every_seed():
 def test_the_study_is_the_documented_sweeps(tmp_path):
     s = specs(tmp_path)
     assert set(s) == {"adam", "adamw", "figure2"}
-    assert s["adam"].grid == {"data.batch_size": [2, 4, 10, 20, 50, 100, 200],
-                              "optim.lam": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]}
+    # cheapest cells first: the largest batch, then at each batch the key lambdas 1e-5, 1e-2
+    assert s["adam"].grid == {"data.batch_size": [200, 100, 50, 20, 10, 4, 2],
+                              "optim.lam": [1e-5, 1e-2, 1e-4, 1e-3, 1e-1]}
     assert s["adamw"].grid["optim.weight_decay"][-1] == 1.0 and s["adam"].seeds == 5
     assert command(s["adam"]).startswith(
-        "python scripts/sweep.py conf=stochastic_adam sweep.grid.data.batch_size=[2,4,10,20,"
-        "50,100,200] sweep.grid.optim.lam=[1e-05,0.0001,0.001,0.01,0.1] sweep.seeds=5")
+        "python scripts/sweep.py conf=stochastic_adam sweep.grid.data.batch_size=[200,100,50,20,"
+        "10,4,2] sweep.grid.optim.lam=[1e-05,0.01,0.0001,0.001,0.1] sweep.seeds=5")
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from adamgap.experiments.stats import fmt
 from adamgap.experiments.stochastic_study import (
     CONFS,
     FIGURE2_EVERY,
+    KEY_LAMBDAS,
     LAMBDA_KEY,
     SEEDS,
     Point,
@@ -53,7 +54,6 @@ from adamgap.experiments.stochastic_study import (
 from adamgap.figures import band, pyplot, read_alignment, save
 
 LABEL = {"adam": "Adam (L2 in the loss)", "adamw": "AdamW (decoupled)"}
-NOTE_LAMBDAS = (1e-5, 1e-2)  # the closing note's
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "stochastic.md"
 ALIGN_KEYS = ("feature_learning", "feature_learning_neg", "noise_memorization")
 
@@ -67,13 +67,13 @@ def _batches(grids: dict[str, dict]) -> list[int]:
 
 
 def batch_table(grids: dict[str, dict]) -> list[str]:
-    """Test (and train) error per batch size at the closing note's lambdas."""
-    head = [f"{LABEL[o].split(' ')[0]} lambda {lam:g}" for o in CONFS for lam in NOTE_LAMBDAS]
+    """Test (and train) error per batch size at ``KEY_LAMBDAS``."""
+    head = [f"{LABEL[o].split(' ')[0]} lambda {lam:g}" for o in CONFS for lam in KEY_LAMBDAS]
     lines = ["| batch | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for B in _batches(grids):
         row = [f"{_cell(grids[o].get((B, lam)), 'test_error')} (train "
                f"{_cell(grids[o].get((B, lam)), 'train_error')})"
-               for o in CONFS for lam in NOTE_LAMBDAS]
+               for o in CONFS for lam in KEY_LAMBDAS]
         lines.append(f"| {B} | " + " | ".join(row) + " |")
     return lines
 

@@ -32,8 +32,17 @@ SEEDS = 5
 LAMBDA_KEY = {"adam": "optim.lam", "adamw": "optim.weight_decay"}
 LAMBDAS = {"adam": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],  # the issue's ranges, in decades, with 1e-5
            "adamw": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]}  # and 1e-2 in both
+KEY_LAMBDAS = (1e-5, 1e-2)  # where the batch-size table reads both optimizers (in both grids)
 CONFS = {"adam": "stochastic_adam", "adamw": "stochastic_adamw"}
 FIGURE2_EVERY = 100  # alignment records of the full-batch runs (10^4 steps: 101 records)
+
+
+def grid(name: str) -> dict[str, list]:
+    """Sweep ``name``'s grid in the order its cells run: the largest batch first (a batch-B cell
+    is 10^4 n/B steps, so the cheapest first), and at each batch size ``KEY_LAMBDAS`` before
+    the other lambdas; a study stopped part way holds the large batches and the key lambdas."""
+    lams = sorted(LAMBDAS[name], key=lambda lam: (lam not in KEY_LAMBDAS, lam))
+    return {"data.batch_size": sorted(BATCHES, reverse=True), LAMBDA_KEY[name]: lams}
 
 
 def specs(root: str | Path, jobs: int = 2, overrides: list[str] = ()) -> dict[str, SweepSpec]:
@@ -41,12 +50,12 @@ def specs(root: str | Path, jobs: int = 2, overrides: list[str] = ()) -> dict[st
     cell (a smaller instance, e.g. for a test)."""
     root = Path(root)
     out = {name: check({"conf": CONFS[name], "seeds": SEEDS, "jobs": jobs,
-                        "grid": {"data.batch_size": BATCHES, LAMBDA_KEY[name]: LAMBDAS[name]},
+                        "grid": grid(name),
                         "overrides": list(overrides), "dir": str(root / name)})
            for name in CONFS}
     out["figure2"] = check({"conf": CONFS["adam"], "seeds": SEEDS, "jobs": jobs,
                             "grid": {"conf": list(CONFS.values())},
-                            "overrides": [*overrides, f"data.batch_size={BATCHES[-1]}",
+                            "overrides": [*overrides, f"data.batch_size={max(BATCHES)}",
                                           f"align.every={FIGURE2_EVERY}"],
                             "dir": str(root / "figure2")})
     return out

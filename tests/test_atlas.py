@@ -186,3 +186,8 @@ def test_the_atlas_end_to_end_writes_every_row_and_resumes(tmp_path, capsys):
     assert "tune: 1 cells, 0 to run" in log and "eval: 1 cells, 0 to run" in log
     assert "] cell " not in log  # no cell ran again
     assert (out / "atlas.csv").read_text() == before
+    # both invocations are on the page, each with its command and wall time
+    command = "`python scripts/atlas.py " + " ".join(argv) + "`"
+    wall = next(ln for ln in (out / "atlas.md").read_text().splitlines()
+                if ln.startswith("Wall time:"))
+    assert "in 2 invocation(s)" in wall and wall.count(command) == 2

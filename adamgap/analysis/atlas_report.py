@@ -449,8 +449,10 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    command = " ".join(["python scripts/atlas.py", *argv])
     atlas = protocol.Atlas(Path(args.dir), names, spec.overrides, spec, deadline=None
-                           if args.minutes is None else time.monotonic() + 60 * args.minutes)
+                           if args.minutes is None else time.monotonic() + 60 * args.minutes,
+                           command=command)
     try:
         complete = args.report or protocol.run_atlas(atlas)
     except ConfigError as err:  # e.g. --dir holds another atlas's cells: nothing was run
@@ -460,8 +462,7 @@ def main(argv: list[str]) -> int:
         print(f"not complete: run the same command again once the jobs have ended "
               f"({args.dir})")
         return 1
-    command = "python scripts/atlas.py " + " ".join(argv)
-    table = write(Path(args.dir), Path(args.out), command.strip(), names)
+    table = write(Path(args.dir), Path(args.out), command, names)
     print(f"wrote {Path(args.out) / 'atlas.md'}: {len(table)} optimizers, "
           f"{sum(r['status'] == 'measured' for r in table)} measured")
     return 0

@@ -129,7 +129,8 @@ WITHOUT_GC_PAUSE = ("import sys; from adamgap.cli import main; from adamgap.trai
 
 def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
           out: Path | None = ROOT / "docs" / "benchmark.md", log=print,
-          batches: bool = True, protocol: bool = True) -> str:
+          batches: bool = True, protocol: bool = True,
+          command: str = "python scripts/benchmark.py") -> str:
     """Run every measurement; return (and write to ``out``) the markdown report. The repeats
     of the single-run variants are interleaved (A, B, C, A, B, C, ...) so that a change in the
     machine's load touches all of them alike."""
@@ -206,7 +207,7 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
     protocol_runs = protocol_rows(train, repeats, log) if batches and protocol else []
     scale = scaling_rows(train, log) if scaling else []
     load = (load_before, os.getloadavg()[0])
-    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol_runs)
+    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol_runs, command)
     if out is not None:
         write_into(out, text)
     return text
@@ -296,13 +297,13 @@ def scaling_rows(train, log) -> list[tuple[str, str, str, str]]:
 
 
 def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan),
-             steps=(), protocol=()) -> str:
+             steps=(), protocol=(), command: str = "python scripts/benchmark.py") -> str:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} at the start and "
             f"{load[1]:.1f} at the end" + (": other jobs shared the cores, so these times are "
                                            "inflated." if max(load) > 1.5 else "."))
     lines = [
-        f"`python scripts/benchmark.py` on {machine}, {threads} thread(s) per process; medians "
+        f"`{command}` on {machine}, {threads} thread(s) per process; medians "
         f"of {repeats} fresh processes (wall seconds, start-up and data included).{busy}", "",
         f"Provenance: {provenance.line(provenance.collect())}.", "",
         "| what | wall s | notes |", "|---|---|---|",
@@ -355,5 +356,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmark.md"))
     args = p.parse_args(argv)
     print(bench(args.repeats, not args.no_scaling, args.threads, Path(args.out),
-                batches=not args.no_batches, protocol=not args.no_protocol))
+                batches=not args.no_batches, protocol=not args.no_protocol,
+                command=" ".join(["python scripts/benchmark.py", *argv])))
     return 0

@@ -103,6 +103,7 @@ class Atlas:
     spec: SweepSpec = field(default_factory=SweepSpec)  # jobs, launcher, slurm settings
     extra: dict[str, list[str]] = field(default_factory=dict)  # name -> its own key=value
     deadline: float | None = None  # time.monotonic() after which no cell starts (local)
+    command: str = ""  # the invocation, recorded with its wall time (``timing.json``)
     log: list[str] = field(default_factory=list)
 
     def runs_of(self, name: str) -> list[str]:
@@ -279,7 +280,8 @@ def run_atlas(atlas: Atlas) -> bool:
     history = _read(atlas.dir / "timing.json", [])
     write_json(atlas.dir / "timing.json", [*history, {
         "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "optimizers": len(atlas.names), "jobs": atlas.spec.jobs, "complete": done,
+        "command": atlas.command, "optimizers": len(atlas.names), "jobs": atlas.spec.jobs,
+        "complete": done,
         **{f"{k}_seconds": round(v, 1) for k, v in seconds.items()}}])
     atlas.say(f"atlas: {seconds['total']:.0f} s" + ("" if done else " (not complete)"))
     return done
@@ -291,9 +293,10 @@ def timing(atlas_dir: Path) -> str:
     if not history:
         return "not recorded"
     total = sum(h["total_seconds"] for h in history)
-    parts = "; ".join(f"{h['started']}: probe {h['probe_seconds']:.0f} s, tune "
-                      f"{h['tune_seconds']:.0f} s, evaluation {h.get('eval_seconds', 0):.0f} s "
-                      f"({h['jobs']} jobs)" for h in history)
+    parts = "; ".join(f"{h['started']}" + (f" `{h['command']}`" if h.get("command") else "")
+                      + f": probe {h['probe_seconds']:.0f} s, tune {h['tune_seconds']:.0f} s, "
+                      f"evaluation {h.get('eval_seconds', 0):.0f} s ({h['jobs']} jobs)"
+                      for h in history)
     return f"{total / 60:.1f} min in {len(history)} invocation(s) ({parts})"
 
 

@@ -1,0 +1,30 @@
+"""The benchmark's report: what it writes around the measured numbers (the timings themselves are
+measured by scripts/benchmark.py, never in tests)."""
+
+from adamgap.analysis.benchmark import BEGIN, END, markdown, write_into
+
+
+def _page(**kw) -> str:
+    rows = [("`python scripts/train.py conf=synthetic_adam`", "6.0", "notes")]
+    return markdown(rows, [], 3, 1, 6.0, {False: 15.0, True: 12.0}, 30.0, (0.5, 0.7), **kw)
+
+
+def test_the_report_names_the_command_that_measured_it_and_the_targets():
+    text = _page(command="python scripts/benchmark.py --repeats 3 --no-protocol",
+                 steps=[(2, 0.4, 0.8), (100, 0.6, 1.2), (200, 0.5, 1.0)])
+    assert text.startswith("`python scripts/benchmark.py --repeats 3 --no-protocol` on ")
+    assert "medians of 3 fresh processes" in text and "other jobs shared" not in text
+    assert "<= 0.4x the plain loop: **0.50x**" in text  # 6 / 12, the flushed loop
+    assert "Batch-100 step <= 0.6x a full-batch step: **1.20x**" in text
+    assert "| 2 | 0.400 | 0.80 | 0.11 |" in text and "| 200 | 0.500 | 1.00 | - |" in text
+    assert "batch-2 protocol" not in text  # not measured: not claimed
+
+
+def test_a_busy_machine_is_said_and_the_page_prose_is_kept(tmp_path):
+    text = markdown([], [], 1, 1, 6.0, {False: 15.0, True: 12.0}, 30.0, (1.9, 2.1))
+    assert "other jobs shared the cores, so these times are inflated." in text
+    page = tmp_path / "benchmark.md"
+    page.write_text(f"# Benchmark\nprose before\n{BEGIN}\nold numbers\n{END}\nprose after\n")
+    write_into(page, "new numbers\n")
+    assert page.read_text() == (f"# Benchmark\nprose before\n{BEGIN}\nnew numbers\n{END}\n"
+                                "prose after\n")

@@ -2,7 +2,7 @@
 configuration, train, print one JSON line per seed. A bad configuration is one line on stderr
 and exit status 2, with no traceback and nothing written; a run that cannot go on (a full disk,
 no readable checkpoint) one line and status 1; Ctrl-C one line saying how to resume and status
-130."""
+130. ``study`` gives the study scripts (stochastic, atlas, mechanism) the same endings."""
 
 from __future__ import annotations
 
@@ -57,3 +57,22 @@ def main(run: Callable, argv: list[str]) -> int:
     if any(row.get("stopped_by") == "SIGINT" for row in replicas_of(summary)):
         return SIGINT_STATUS
     return 0 if summary.get("status") == "completed" else 1
+
+
+def study(body: Callable[[], int], resume: str) -> int:
+    """Run a study script's ``body`` (``scripts/stochastic.py``, ``atlas.py``, ``mechanism.py``
+    over many sweeps): a bad configuration is one ``error:`` line and status 2; a file that
+    cannot be written one line and 1; Ctrl-C or SIGTERM (the running cell is recorded as
+    interrupted, with its checkpoint) one line saying how to go on and 130. Finished cells
+    stay in every case; ``resume`` is the command that goes on."""
+    try:
+        return body()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunError as err:
+        print(f"error: {err} (free space, then resume with {resume})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: finished cells stay; resume with {resume}", file=sys.stderr)
+        return SIGINT_STATUS

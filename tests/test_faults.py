@@ -401,3 +401,50 @@ def test_a_full_disk_while_a_sweep_writes_its_tables(tmp_path, disk, capsys):
     disk.free()
     assert sweep_main(["--dir", str(sweep_dir), "--aggregate"]) == 0
 
+
+
+# -- the study scripts (stochastic, atlas, mechanism) ------------------------------------------
+def _stopped(*_args, **_kwargs):
+    raise KeyboardInterrupt  # what a sweep raises once SIGTERM or Ctrl-C stopped its cell
+
+
+@pytest.mark.parametrize("script", ["stochastic", "atlas", "mechanism"])
+def test_a_stopped_study_is_one_line_saying_how_to_go_on(script, tmp_path, monkeypatch, capsys):
+    """SIGTERM or Ctrl-C inside a study's sweeps: one line naming the command that resumes it,
+    exit status 130, no traceback."""
+    from adamgap.analysis import atlas_report, mechanism_report, stochastic_report
+    from adamgap.experiments import atlas, mechanism
+
+    root = str(tmp_path / "study")
+    if script == "stochastic":
+        monkeypatch.setattr(stochastic_report, "run", _stopped)
+        argv, main = ["run", "--root", root], stochastic_report.main
+    elif script == "atlas":
+        monkeypatch.setattr(atlas, "run_atlas", _stopped)
+        argv, main = ["--dir", root, "--only", "adam"], atlas_report.main
+    else:
+        monkeypatch.setattr(mechanism, "run_all", _stopped)
+        argv, main = ["run", "--root", root], mechanism_report.main
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == (f"interrupted: finished cells stay; resume with python scripts/{script}.py "
+                   f"{' '.join(argv)}\n")
+
+
+def test_a_study_that_cannot_write_or_is_misconfigured_is_one_line(tmp_path, capsys):
+    from adamgap.cli import study
+    from adamgap.errors import OutputError
+
+    def full_disk() -> int:
+        raise OutputError(tmp_path / "results.csv", OSError(28, "No space left on device"))
+
+    def bad() -> int:
+        raise ConfigError("--jobs 0 is not allowed: an integer >= 1")
+
+    assert study(full_disk, "python scripts/stochastic.py run") == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot write {tmp_path / 'results.csv'}: No space left on device (free space, "
+        "then resume with python scripts/stochastic.py run)\n")
+    assert study(bad, "python scripts/atlas.py") == 2
+    assert capsys.readouterr().err == "error: --jobs 0 is not allowed: an integer >= 1\n"
+    assert study(lambda: 0, "unused") == 0

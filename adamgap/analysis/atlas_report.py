@@ -27,6 +27,7 @@ from pathlib import Path
 
 from adamgap import preflight, provenance
 from adamgap.analysis.report import ADAM_SIDE, GD_SIDE, side
+from adamgap.cli import study
 from adamgap.config import load_config, parse_overrides
 from adamgap.errors import ConfigError
 from adamgap.experiments import atlas as protocol
@@ -453,16 +454,14 @@ def main(argv: list[str]) -> int:
     atlas = protocol.Atlas(Path(args.dir), names, spec.overrides, spec, deadline=None
                            if args.minutes is None else time.monotonic() + 60 * args.minutes,
                            command=command)
-    try:
-        complete = args.report or protocol.run_atlas(atlas)
-    except ConfigError as err:  # e.g. --dir holds another atlas's cells: nothing was run
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not complete:
-        print(f"not complete: run the same command again once the jobs have ended "
-              f"({args.dir})")
-        return 1
-    table = write(Path(args.dir), Path(args.out), command, names)
-    print(f"wrote {Path(args.out) / 'atlas.md'}: {len(table)} optimizers, "
-          f"{sum(r['status'] == 'measured' for r in table)} measured")
-    return 0
+
+    def body() -> int:  # a ConfigError here: e.g. --dir holds another atlas's cells
+        if not (args.report or protocol.run_atlas(atlas)):
+            print(f"not complete: run the same command again once the jobs have ended "
+                  f"({args.dir})")
+            return 1
+        table = write(Path(args.dir), Path(args.out), command, names)
+        print(f"wrote {Path(args.out) / 'atlas.md'}: {len(table)} optimizers, "
+              f"{sum(r['status'] == 'measured' for r in table)} measured")
+        return 0
+    return study(body, command)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from adamgap import provenance
+from adamgap.cli import study
 from adamgap.config import load_run_config
 from adamgap.errors import ConfigError
 from adamgap.experiments import mechanism
@@ -720,13 +720,12 @@ def main(argv: list[str]) -> int:
                    help="run these studies only (run)")
     p.add_argument("--out", default="docs/atlas", help="output folder (report)")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.what == "run":
             mechanism.run_all(args.root, args.jobs, args.only)
         else:
             print(f"wrote {build(Path(args.root), Path(args.out))}")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return study(body, " ".join(["python scripts/mechanism.py", *argv]))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,8 @@ import numpy as np
 from adamgap import provenance
 from adamgap.analysis.benchmark import write_into
 from adamgap.analysis.report import heatmaps
+from adamgap.cli import study
 from adamgap.config import load_config
-from adamgap.errors import ConfigError
 from adamgap.experiments.aggregate import run_provenance
 from adamgap.experiments.cells import cell_dir
 from adamgap.experiments.spec import config_of, load
@@ -231,7 +230,8 @@ def main(argv: list[str]) -> int:
     rep.add_argument("--root", default="runs/stochastic")
     rep.add_argument("--out", default=str(PAGE.parent / "stochastic"))
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.what == "run":
             states = run(args.root, args.jobs, args.only)
             failed = {name: [i for i, s in st.items() if s == "failed"]
@@ -239,7 +239,5 @@ def main(argv: list[str]) -> int:
             print(f"[stochastic] done; failed cells: {failed}")
             return 1 if any(failed.values()) else 0
         print(f"wrote {build(args.root, args.out)}")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return study(body, " ".join(["python scripts/stochastic.py", *argv]))

@@ -36,9 +36,30 @@ ADAM_LAMS, ADAMW_LAMS = [1e-5, 1e-3, 1e-1], [1e-5, 1e-3, 1e-2, 1e-1, 1.0]
 def test_fit_limits_are_the_last_fitting_and_the_first_failing_lambda():
     g = grid("adam", {2: 1e-5, 200: 1e-3}, ADAM_LAMS)
     g[(2, 1e-1)] = point("adam", 2, 1e-1)  # fits again above a failure: does not count
-    assert fit_limits(g) == {2: (1e-5, 1e-3), 200: (1e-3, 1e-1)}
+    limits = fit_limits(g)
+    assert limits[2][:2] == (1e-5, 1e-3) and limits[200][:2] == (1e-3, 1e-1)
+    assert limits[2].known and limits[2].texts() == ("1e-05", "0.001")
     top = fit_limits(grid("adam", {2: 1.0}, ADAM_LAMS))[2]
-    assert top[0] == 1e-1 and math.isnan(top[1])  # fits at every lambda: never stops
+    assert top.fits_up_to == 1e-1 and math.isnan(top.stops_at)  # fits at every lambda
+    assert top.known and top.texts() == ("0.1", "none in the grid")
+
+
+def test_a_lambda_not_run_yet_is_not_a_lambda_that_does_not_fit():
+    g = grid("adam", {2: 1.0}, ADAM_LAMS)
+    g[(2, 1e-3)] = Point("adam", 2, 1e-3, missing=2, unrun=2)  # interrupted, pending
+    limit = fit_limits(g)[2]
+    assert limit.fits_up_to == 1e-5 and math.isnan(limit.stops_at) and not limit.known
+    assert limit.texts() == ("1e-05", "not run from 0.001")
+    # a seed that diverged ran to its end: measured, and it does not fit
+    g[(2, 1e-3)] = Point("adam", 2, 1e-3, g[(2, 1e-5)].rows[:1], missing=1)
+    assert fit_limits(g)[2][:2] == (1e-5, 1e-3) and fit_limits(g)[2].known
+    # the decay claim cannot hold on a limit that is not measured
+    grids = {"adam": grid("adam", {2: 1e-5}, ADAM_LAMS), "adamw": grid("adamw", {2: 1.0},
+                                                                        ADAMW_LAMS)}
+    assert stochastic.decay_tolerance(grids).passed
+    grids["adamw"][(2, 1e-2)] = Point("adamw", 2, 1e-2, missing=2, unrun=2)
+    v = stochastic.decay_tolerance(grids)
+    assert not v.passed and "AdamW up to 0.001 (stops at not run from 0.01)" in v.measured
 
 
 def test_flipped_classes_are_counted_per_seed():

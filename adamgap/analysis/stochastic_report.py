@@ -79,17 +79,12 @@ def batch_table(grids: dict[str, dict]) -> list[str]:
 
 def limit_table(grids: dict[str, dict]) -> list[str]:
     """Per batch size, the largest lambda that fits the training set and the first that does
-    not (every seed at training error 0 counts as fitting)."""
+    not (every seed at training error 0 counts as fitting; ``stochastic_study.Limit``)."""
     limits = {o: fit_limits(g) for o, g in grids.items()}
-
-    def lam(x: float) -> str:
-        return "-" if math.isnan(x) else f"{x:g}"
-
     lines = ["| batch | " + " | ".join(f"{LABEL[o].split(' ')[0]}: fits up to | stops at"
                                       for o in CONFS) + " |", "|---|" + "---|---|" * len(CONFS)]
     for B in _batches(grids):
-        cells = [f"{lam(limits[o][B][0])} | {lam(limits[o][B][1])}" for o in CONFS
-                 if B in limits[o]]
+        cells = [" | ".join(limits[o][B].texts()) for o in CONFS if B in limits[o]]
         lines.append(f"| {B} | " + " | ".join(cells) + " |")
     return lines
 
@@ -201,7 +196,8 @@ def build(root: str | Path, out: str | Path, page: Path = PAGE) -> Path:
              "", *(f"    {command(spec)}" for spec in specs(root).values()), "",
              *(f"Runs: {line}." for line in runs), "",
              f"Report: {provenance.line(provenance.collect())}.", "",
-             "### Test error per batch size (train error in brackets), lambda 1e-5 and 1e-2",
+             "### Test error per batch size (train error in brackets), lambda "
+             + " and ".join(f"{lam:g}" for lam in KEY_LAMBDAS),
              "", *batch_table(grids), "",
              "### Where the training set stops being fitted", "",
              "Largest lambda of the grid up to which every seed ends at training error 0, and "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from adamgap.config import load_config
 from adamgap.experiments.aggregate import results
@@ -92,6 +93,7 @@ class Point:
     lam: float
     rows: list[dict] = field(default_factory=list)  # results.csv rows of its seeds
     missing: int = 0  # seeds that did not finish (failed, diverged, not run)
+    unrun: int = 0  # of those, seeds not run to their end (not diverged): nothing measured
 
     def values(self, key: str) -> list[float]:
         return [float(r[key]) for r in self.rows if is_number(r.get(key))]
@@ -102,9 +104,15 @@ class Point:
         return mean, ci
 
     @property
+    def measured(self) -> bool:
+        """Every seed ran to its end: completed, or stopped by divergence."""
+        return self.unrun == 0 and bool(self.rows or self.missing)
+
+    @property
     def fits(self) -> bool:
-        """Every seed ends with training error 0 (and at least one seed finished)."""
-        return bool(self.rows) and all(float(r["train_error"]) == 0.0 for r in self.rows)
+        """Every seed completed with training error 0 (a diverged seed does not fit)."""
+        return (bool(self.rows) and not self.missing
+                and all(float(r["train_error"]) == 0.0 for r in self.rows))
 
     def flipped(self) -> list[int]:
         """Per seed, how many classes' feature learning ``max_r <w_{j,r}, j v>`` ended < 0."""
@@ -129,6 +137,7 @@ def points(root: str | Path, optimizer: str) -> dict[tuple[int, float], Point]:
             p.rows.append(row)
         else:
             p.missing += 1
+            p.unrun += row["status"] != "diverged"
     return out
 
 
@@ -142,13 +151,44 @@ def lambdas_of(grid: dict[tuple[int, float], Point]) -> list[float]:
     return sorted({lam for _, lam in grid})
 
 
-def fit_limits(grid: dict[tuple[int, float], Point]) -> dict[int, tuple[float, float]]:
-    """Per batch size, (the largest lambda up to which every grid lambda fits the training set,
-    the smallest lambda that does not): nan where there is none."""
+class Limit(NamedTuple):
+    """Where a batch size's training set stops being fitted as lambda grows (nan: none)."""
+
+    fits_up_to: float  # the largest lambda up to which every grid lambda fits
+    stops_at: float  # the first lambda that does not fit
+    unmeasured_from: float  # the first lambda not run yet, before any that does not fit
+
+    @property
+    def known(self) -> bool:
+        """The limit is measured: a lambda that does not fit, or the whole grid fits."""
+        return not math.isnan(self.stops_at) or math.isnan(self.unmeasured_from)
+
+    def texts(self) -> tuple[str, str]:
+        """(fits up to, stops at) as words: a lambda, "none", "not run from" a lambda, or
+        "none in the grid"."""
+        fit = "none" if math.isnan(self.fits_up_to) else f"{self.fits_up_to:g}"
+        if not math.isnan(self.stops_at):
+            return fit, f"{self.stops_at:g}"
+        if not math.isnan(self.unmeasured_from):
+            return fit, f"not run from {self.unmeasured_from:g}"
+        return fit, "none in the grid"
+
+
+def fit_limits(grid: dict[tuple[int, float], Point]) -> dict[int, Limit]:
+    """Per batch size, lambda ascending: the last that fits the training set before the first
+    that does not (a lambda that fits again above it does not count), or before the first
+    that has not been run."""
     out = {}
     for B in batches_of(grid):
-        lams = sorted(lam for b, lam in grid if b == B)
-        first_bad = next((lam for lam in lams if not grid[(B, lam)].fits), math.nan)
-        fitting = [lam for lam in lams if math.isnan(first_bad) or lam < first_bad]
-        out[B] = (max(fitting) if fitting else math.nan, first_bad)
+        fit = stop = unmeasured = math.nan
+        for lam in sorted(lam for b, lam in grid if b == B):
+            p = grid[(B, lam)]
+            if not p.measured:
+                unmeasured = lam
+                break
+            if not p.fits:
+                stop = lam
+                break
+            fit = lam
+        out[B] = Limit(fit, stop, unmeasured)
     return out

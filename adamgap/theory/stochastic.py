@@ -27,6 +27,7 @@ from adamgap import provenance
 from adamgap.experiments.aggregate import run_provenance
 from adamgap.experiments.stochastic_study import (
     CONFS,
+    Limit,
     Point,
     batches_of,
     conf_lambda,
@@ -84,21 +85,20 @@ def small_batch(grids: dict[str, dict]) -> Verdict:
                        "a seed ends above the near-zero bound")
 
 
-def _lam(x: float) -> str:
-    return "none" if math.isnan(x) else f"{x:g}"
-
-
 def decay_tolerance(grids: dict[str, dict]) -> Verdict:
-    """At every batch size: AdamW's largest fitting lambda >= 10x Adam's."""
+    """At every batch size: AdamW's largest fitting lambda >= 10x Adam's. A batch size whose
+    limit is not measured yet (``Limit.known``) fails the claim: it cannot be confirmed."""
     limits = {opt: fit_limits(grid) for opt, grid in grids.items()}
     measured, values, good = [], [], True
+    none = Limit(math.nan, math.nan, math.nan)
     for B in sorted(set(limits["adam"]) | set(limits["adamw"])):
-        (a_fit, a_stop), (w_fit, w_stop) = (limits[o].get(B, (math.nan, math.nan))
-                                            for o in ("adam", "adamw"))
-        ratio = w_fit / a_fit if a_fit > 0 and w_fit > 0 else math.nan
-        good &= not math.isnan(ratio) and ratio >= DECAY_TOLERANCE_MIN
-        measured.append(f"B={B}: Adam fits up to {_lam(a_fit)} (stops at {_lam(a_stop)}), "
-                        f"AdamW up to {_lam(w_fit)} (stops at {_lam(w_stop)})")
+        a, w = (limits[o].get(B, none) for o in ("adam", "adamw"))
+        ratio = w.fits_up_to / a.fits_up_to if a.fits_up_to > 0 and w.fits_up_to > 0 \
+            else math.nan
+        good &= a.known and w.known and not math.isnan(ratio) and ratio >= DECAY_TOLERANCE_MIN
+        (a_fit, a_stop), (w_fit, w_stop) = a.texts(), w.texts()
+        measured.append(f"B={B}: Adam fits up to {a_fit} (stops at {a_stop}), "
+                        f"AdamW up to {w_fit} (stops at {w_stop})")
         values.append(ratio)
     return Verdict("Weight decay: Adam (L2) stops fitting as lambda grows, AdamW tolerates "
                    "much larger decay", "Tang et al. 2025",
@@ -106,7 +106,8 @@ def decay_tolerance(grids: dict[str, dict]) -> Verdict:
                    "batch size", "; ".join(measured), good,
                    "AdamW fits the training set at a decay at least 10x larger at every batch "
                    "size" if good else "at some batch size AdamW's largest fitting lambda is "
-                   "under 10x Adam's (or one of them fits at none)", values)
+                   "under 10x Adam's, one of them fits at none, or a limit is not measured yet",
+                   values)
 
 
 def check_all(root: str | Path) -> tuple[list[Verdict], dict]:

@@ -36,18 +36,14 @@ def main(run: Callable, argv: list[str]) -> int:
         preflight.check(cfg)
         summary = run(cfg)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err, 2)
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _error(err, 1)
     except Interrupted as err:  # stopped at once: before the run, or while writing its results
-        print(f"error: {err}", file=sys.stderr)
-        return SIGINT_STATUS
+        return _error(err, SIGINT_STATUS)
     except KeyboardInterrupt:  # before train.run listens for SIGINT: nothing was written
-        print("error: stopped by SIGINT before the run started; nothing was written",
-              file=sys.stderr)
-        return SIGINT_STATUS
+        return _error("stopped by SIGINT before the run started; nothing was written",
+                      SIGINT_STATUS)
     rows = replicas_of(summary) if rank_zero_only.rank == 0 else []  # DDP: print once
     for row in rows:
         print(json.dumps({"conf": summary["conf"], "seed": row["seed"],
@@ -68,11 +64,15 @@ def study(body: Callable[[], int], resume: str) -> int:
     try:
         return body()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err, 2)
     except RunError as err:
-        print(f"error: {err} (free space, then resume with {resume})", file=sys.stderr)
-        return 1
+        return _error(f"{err} (free space, then resume with {resume})", 1)
     except KeyboardInterrupt:
         print(f"interrupted: finished cells stay; resume with {resume}", file=sys.stderr)
         return SIGINT_STATUS
+
+
+def _error(line: object, status: int) -> int:
+    """``error: line`` on stderr; the exit status ``status``."""
+    print(f"error: {line}", file=sys.stderr)
+    return status

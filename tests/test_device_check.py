@@ -5,6 +5,7 @@ CPU: identical; two identical runs: identical)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 
@@ -32,5 +33,8 @@ def test_device_check_runs_on_the_cpu_at_small_sizes(tmp_path):
         r = numbers["cpu_vs_device"][conf]
         assert set(r["max_difference"].values()) == {0.0}  # the CPU twice: the same numbers
         assert len(r["cpu"]["test_error"]) == 2  # seeds 0 and 1
-    assert all(ms > 0 for ms in numbers["scaling"].values())
-    assert numbers["cnn"]["fp32"] > 0
+    # timings: measured, never judged here (a marginal cost at small sizes on a busy machine
+    # can come out at or below zero); every ensemble size has its number
+    assert set(numbers["scaling"]) and all(math.isfinite(ms) for ms in
+                                           numbers["scaling"].values())
+    assert numbers["cnn"]["fp32"] > 0  # images per second: a count over a positive time

@@ -14,6 +14,7 @@ from adamgap.experiments import stochastic_study
 from adamgap.experiments.stochastic_study import Point, command, fit_limits, specs
 from adamgap.theory import stochastic
 from adamgap.theory.verify import main as verify_main
+from adamgap.theory.verify import table
 
 
 def point(opt, B, lam, train=(0.0, 0.0), test=(0.9, 0.9), features=((0.1, 0.1), (0.1, 0.1))):
@@ -53,13 +54,18 @@ def test_a_lambda_not_run_yet_is_not_a_lambda_that_does_not_fit():
     # a seed that diverged ran to its end: measured, and it does not fit
     g[(2, 1e-3)] = Point("adam", 2, 1e-3, g[(2, 1e-5)].rows[:1], missing=1)
     assert fit_limits(g)[2][:2] == (1e-5, 1e-3) and fit_limits(g)[2].known
-    # the decay claim cannot hold on a limit that is not measured
-    grids = {"adam": grid("adam", {2: 1e-5}, ADAM_LAMS), "adamw": grid("adamw", {2: 1.0},
-                                                                        ADAMW_LAMS)}
-    assert stochastic.decay_tolerance(grids).passed
+    # the decay claim on a limit that is not measured: not judged, unless another batch size
+    # contradicts it
+    grids = {"adam": grid("adam", {2: 1e-5, 200: 1e-5}, ADAM_LAMS),
+             "adamw": grid("adamw", {2: 1.0, 200: 1.0}, ADAMW_LAMS)}
+    assert stochastic.decay_tolerance(grids).passed is True
     grids["adamw"][(2, 1e-2)] = Point("adamw", 2, 1e-2, missing=2, unrun=2)
     v = stochastic.decay_tolerance(grids)
-    assert not v.passed and "AdamW up to 0.001 (stops at not run from 0.01)" in v.measured
+    assert v.passed is None and "AdamW up to 0.001 (stops at not run from 0.01)" in v.measured
+    assert v.explanation.startswith("not every limit is measured: batch size 2 ")
+    assert "| **not measured** |" in table([v]) and "Not measured yet: Weight decay" in table([v])
+    grids["adamw"][(200, 1e-3)] = point("adamw", 200, 1e-3, train=(0.0, 0.5))  # 200: 1e-5 only
+    assert stochastic.decay_tolerance(grids).passed is False  # 1e-5 / 1e-5 < 10 at B = 200
 
 
 def test_flipped_classes_are_counted_per_seed():

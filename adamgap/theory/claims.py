@@ -53,8 +53,8 @@ class Verdict:
     reference: str  # where the paper states it
     predicted: str
     measured: str
-    passed: bool
-    explanation: str  # one line: why it passed or failed
+    passed: bool | None  # None: not measured yet (the runs it needs have not all finished)
+    explanation: str  # one line: why it passed, failed or could not be judged
     values: list = field(default_factory=list)  # the headline number per seed (details.json)
 
     def as_dict(self) -> dict:

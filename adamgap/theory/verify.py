@@ -203,12 +203,15 @@ def table(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         lines.append("| " + " | ".join(_cell(x) for x in (
             v.claim, v.reference, v.predicted, v.measured,
-            "**pass**" if v.passed else "**FAIL**")) + " |")
-    held = sum(v.passed for v in verdicts)
-    failed = [v.claim for v in verdicts if not v.passed]
+            {True: "**pass**", False: "**FAIL**", None: "**not measured**"}[v.passed]))
+            + " |")
+    held = sum(v.passed is True for v in verdicts)
+    failed = [v.claim for v in verdicts if v.passed is False]
+    open_ = [v.claim for v in verdicts if v.passed is None]
     lines.append("")
     lines.append(f"{held} of {len(verdicts)} claims hold."
-                 + (f" Failed: {'; '.join(failed)}." if failed else ""))
+                 + (f" Failed: {'; '.join(failed)}." if failed else "")
+                 + (f" Not measured yet: {'; '.join(open_)}." if open_ else ""))
     return "\n".join(lines)
 
 
@@ -297,7 +300,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(table(verdicts))
-        return 0 if all(v.passed for v in verdicts) else 1
+        return 0 if all(v.passed is True for v in verdicts) else 1
     # --runs takes every word after it: key=value words there are overrides, not directories
     args.overrides += [r for r in args.runs if "=" in r and not Path(r).exists()]
     args.runs = [r for r in args.runs if r not in args.overrides]
@@ -312,4 +315,4 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(verdicts))
-    return 0 if all(v.passed for v in verdicts) else 1
+    return 0 if all(v.passed is True for v in verdicts) else 1

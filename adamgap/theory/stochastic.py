@@ -104,17 +104,20 @@ def decay_tolerance(grids: dict[str, dict]) -> Verdict:
         measured.append(f"B={B}: Adam fits up to {a_fit} (stops at {a_stop}), "
                         f"AdamW up to {w_fit} (stops at {w_stop})")
         values.append(ratio)
+    if not good:
+        passed, why = False, ("at some batch size AdamW's largest fitting lambda is under 10x "
+                              "Adam's, or one of them fits at none")
+    elif unknown:
+        passed, why = None, (f"not every limit is measured: batch size "
+                             f"{', '.join(map(str, unknown))} has lambdas not run below its "
+                             "first failure; the claim holds at the others")
+    else:
+        passed, why = True, ("AdamW fits the training set at a decay at least 10x larger at "
+                             "every batch size")
     return Verdict("Weight decay: Adam (L2) stops fitting as lambda grows, AdamW tolerates "
                    "much larger decay", "Tang et al. 2025",
                    f"largest fitting lambda, AdamW >= {DECAY_TOLERANCE_MIN:g}x Adam's, at every "
-                   "batch size", "; ".join(measured), None if good and unknown else good,
-                   "AdamW fits the training set at a decay at least 10x larger at every batch "
-                   "size" if good and not unknown else
-                   "at some batch size AdamW's largest fitting lambda is under 10x Adam's, or "
-                   "one of them fits at none" if not good else
-                   "not every limit is measured: batch size " + ", ".join(map(str, unknown))
-                   + " has lambdas not run below its first failure; the claim holds at the "
-                   "others", values)
+                   "batch size", "; ".join(measured), passed, why, values)
 
 
 def check_all(root: str | Path) -> tuple[list[Verdict], dict]:

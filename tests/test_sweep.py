@@ -153,6 +153,17 @@ def test_interrupted_sweep_resumes_and_a_cell_runs_alone_by_index(tmp_path, caps
         create(parse_args([*args, "sweep.seeds=3"]))
 
 
+
+def test_the_same_sweep_again_runs_with_this_commands_jobs_and_threads(tmp_path):
+    args = ["conf=synthetic_gd", "sweep.grid.data.alpha=[0.1,0.3]", *FAST,
+            f"sweep.dir={tmp_path / 'sweep'}"]
+    sweep_dir = create(parse_args([*args, "sweep.jobs=1", "sweep.threads=1"]))
+    assert (load(sweep_dir)[0].jobs, load(sweep_dir)[0].threads) == (1, 1)
+    create(parse_args([*args, "sweep.jobs=2", "sweep.threads=2"]))  # resumed: faster
+    spec, cells = load(sweep_dir)
+    assert (spec.jobs, spec.threads, spec.grid) == (2, 2, {"data.alpha": [0.1, 0.3]})
+    assert [c.id for c in cells] == [c.id for c in plan(parse_args(args))]
+
 @pytest.mark.slow
 def test_parallel_jobs_run_cells_in_their_own_processes(tmp_path):
     spec = spec_of(tmp_path, "sweep.seeds=1", "sweep.jobs=2",

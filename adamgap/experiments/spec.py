@@ -213,9 +213,10 @@ def config_of(cell: Cell, sweep_dir: Path) -> DictConfig:
 
 
 def create(spec: SweepSpec) -> Path:
-    """Write ``sweep.yaml`` and ``cells.json`` (or find the same spec already there: resume).
-    A ``sweep.yaml`` that no longer reads back is written again from this spec when the cells
-    it would plan are the ones ``cells.json`` lists."""
+    """Write ``sweep.yaml`` and ``cells.json`` (or find the same spec already there: resume,
+    with this spec's launcher, jobs, threads and Slurm settings). A ``sweep.yaml`` that no
+    longer reads back is written again from this spec when the cells it would plan are the
+    ones ``cells.json`` lists."""
     cells = plan(spec)
     if spec.dir is None:
         spec.dir = str(Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -238,6 +239,8 @@ def create(spec: SweepSpec) -> Path:
         if _what(old) != _what(spec):
             raise ConfigError(f"sweep.dir={sweep_dir} holds a different sweep (sweep.yaml); "
                               "choose another sweep.dir, or resume it with --dir")
+        if asdict(old) != asdict(spec):  # how and where to compute: this command's settings
+            write_text(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(spec)))
         load(sweep_dir)  # cells.json: rebuilt if it is damaged
         return sweep_dir
     write_text(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(spec)))

@@ -1,7 +1,7 @@
 """The benchmark's report: what it writes around the measured numbers (the timings themselves are
 measured by scripts/benchmark.py, never in tests)."""
 
-from adamgap.analysis.benchmark import BEGIN, END, markdown, write_into
+from adamgap.analysis.benchmark import END, begin, markdown, write_into
 
 
 def _page(**kw) -> str:
@@ -23,8 +23,8 @@ def test_the_report_names_the_command_that_measured_it_and_the_targets():
 def test_a_busy_machine_is_said_and_the_page_prose_is_kept(tmp_path):
     text = markdown([], [], 1, 1, 6.0, {False: 15.0, True: 12.0}, 30.0, (1.9, 2.1))
     assert "other jobs shared the cores, so these times are inflated." in text
-    page = tmp_path / "benchmark.md"
-    page.write_text(f"# Benchmark\nprose before\n{BEGIN}\nold numbers\n{END}\nprose after\n")
+    page, mark = tmp_path / "benchmark.md", begin("scripts/benchmark.py")
+    page.write_text(f"# Benchmark\nprose before\n{mark}\nold numbers\n{END}\nprose after\n")
     write_into(page, "new numbers\n")
-    assert page.read_text() == (f"# Benchmark\nprose before\n{BEGIN}\nnew numbers\n{END}\n"
+    assert page.read_text() == (f"# Benchmark\nprose before\n{mark}\nnew numbers\n{END}\n"
                                 "prose after\n")

@@ -120,7 +120,7 @@ def test_a_tiny_study_runs_reports_and_is_judged(tmp_path, monkeypatch):
                                                            "trainer.eval_every=200"])
     assert {s for st in states.values() for s in st.values()} == {"completed"}
     page = tmp_path / "stochastic.md"
-    page.write_text("# page\n\n<!-- scripts/benchmark.py writes from here -->\n"
+    page.write_text("# page\n\n<!-- scripts/stochastic.py report writes from here -->\n"
                     "<!-- to here -->\nprose after\n")
     stochastic_report.build(root, tmp_path / "figures", page)
     text = page.read_text()

@@ -40,7 +40,7 @@ from adamgap import provenance
 from adamgap.outputs import write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- scripts/benchmark.py writes from here -->", "<!-- to here -->"
+END = "<!-- to here -->"  # and begin(writer): the part of a page its script rewrites
 
 
 # -- the baseline ----------------------------------------------------------------------------------
@@ -213,13 +213,20 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
     return text
 
 
-def write_into(path: Path, text: str) -> None:
-    """Replace what stands between ``BEGIN`` and ``END`` in ``path`` (the measured tables; the
-    prose around them is the document's own) with ``text``; a new file holds ``text`` alone."""
-    old = path.read_text() if path.is_file() else f"{BEGIN}\n{END}\n"
-    head, rest = old.split(BEGIN, 1) if BEGIN in old else (old, END)
+def begin(writer: str) -> str:
+    """The line after which ``writer`` (the command that measures) rewrites a page."""
+    return f"<!-- {writer} writes from here -->"
+
+
+def write_into(path: Path, text: str, writer: str = "scripts/benchmark.py") -> None:
+    """Replace what stands between ``begin(writer)`` and ``END`` in ``path`` (the measured
+    tables; the prose around them is the document's own) with ``text``; a new file holds
+    ``text`` alone."""
+    start = begin(writer)
+    old = path.read_text() if path.is_file() else f"{start}\n{END}\n"
+    head, rest = old.split(start, 1) if start in old else (old, END)
     tail = rest.split(END, 1)[1] if END in rest else ""
-    write_text(path, f"{head}{BEGIN}\n{text}{END}{tail}")
+    write_text(path, f"{head}{start}\n{text}{END}{tail}")
 
 
 BATCHES = (2, 4, 10, 20, 50, 100, 200)  # the follow-up's batch sizes (n = 200)

@@ -210,7 +210,7 @@ def build(root: str | Path, out: str | Path, page: Path = PAGE) -> Path:
              f"{load_config(CONFS['adam']).align.every} steps with the smallest batch.", "",
              *figure2_pair(root, out, grids), "",
              "### Phase diagrams: batch size x lambda", "", *phase(grids, out)]
-    write_into(page, "\n".join(lines) + "\n")
+    write_into(page, "\n".join(lines) + "\n", "scripts/stochastic.py report")
     return page
 
 

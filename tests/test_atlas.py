@@ -106,6 +106,26 @@ def test_stage_cells_follow_the_probes_verdict():
                                            if c.values["optim.name"] == "adam").overrides
 
 
+
+def test_an_optimizer_not_run_is_listed_and_the_probe_alone_excludes_one_for_cost(tmp_path):
+    """The report of an atlas whose probe has seen more optimizers than have run: one too dear
+    for the protocol is excluded for cost by its probe verdict, one that is not is "not
+    run", and the page says how many have not run."""
+    probes = [Verdict("adam", "ensemble", 0.0, 0.0, 1.0),
+              Verdict("shampoo", "replicas", 1.0, 0.0, 2 * atlas.COST_MS)]
+    (tmp_path / "probe.json").write_text(json.dumps([v.record() for v in probes]))
+    records = atlas.collect(tmp_path)
+    assert [r["name"] for r in records] == ["adam", "shampoo"]
+    assert records[0]["excluded"] is None
+    assert records[1]["excluded"].startswith("cost: 30 ms a step")
+    table = {r["optimizer"]: r for r in atlas_report.rows(records)}
+    assert (table["adam"]["status"], table["shampoo"]["status"]) == ("not run", "excluded (cost)")
+    page = atlas_report.markdown(list(table.values()), [], records, tmp_path, "cmd")
+    assert "2 of the " in page and "1 not measured" not in page and "2 not measured" in page
+    full = [dict(table["adam"], optimizer=f"x{i}") for i in range(len(catalogue.names()))]
+    assert f"({len(full)} of them not run yet" in atlas_report.markdown(full, [], records,
+                                                                       tmp_path, "cmd")
+
 GAPTEST_TINY = [*TINY, "trainer.eval_every=500"]
 
 

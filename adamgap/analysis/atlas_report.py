@@ -191,9 +191,12 @@ def markdown(table: list[dict], measured: list[dict], records: list[dict], atlas
         sides[r["side"]].append(r["optimizer"])
     other = [r for r in table if r["status"] != "measured"]
     installed = len(catalogue.names())
+    unrun = sum(r["status"] == "not run" for r in table)
     which = ("Every optimizer installed with the suite" if len(table) >= installed else
              f"{len(table)} of the {installed} optimizers installed with the suite (`--only`; "
              "the others have not been run)")
+    if unrun and len(table) >= installed:
+        which += f" ({unrun} of them not run yet: status \"not run\" below)"
     lines = ["# The optimizer atlas", "",
              f"{which}, tuned by the protocol stated in "
              "[protocol.md](protocol.md) before any result, at the paper's settings (Definition "
@@ -204,8 +207,8 @@ def markdown(table: list[dict], measured: list[dict], records: list[dict], atlas
              f"{len(table)} optimizers: {len(measured)} measured "
              f"({len(sides[ADAM])} on Adam's side, {len(sides[GD])} on GD's side, "
              f"{len(sides['in between'])} in between), {len(other)} not measured "
-             "(excluded, not runnable or no step size that finished; the table below "
-             "them says why).", "",
+             "(excluded, not runnable, not run yet or no step size that finished; the table "
+             "below them says why).", "",
              f"Side of the gap: Adam's when the test error is >= {ADAM_SIDE} (no better than "
              f"a random guess), GD's when it is <= {GD_SIDE}. Train and test error, feature "
              "learning max_r <w_{+1,r}, v> and noise memorization mean_{y_i=+1} max_r "

@@ -321,12 +321,15 @@ def collect(atlas_dir: Path, names: list[str] | None = None) -> list[dict]:
     grids = _stage_rows(atlas_dir / "tune")
     evals = _stage_rows(atlas_dir / "eval")
     order = names or list(verdicts)
+    steps = load_config("default", BASE).trainer.max_steps  # the protocol's T
     out = []
     for e in entries(order):
         if e.name not in verdicts:
             continue
+        # the cost rule excludes by the probe alone: also an optimizer no invocation has run
+        dear = cost.get(e.name) or too_dear(Verdict(**verdicts[e.name]), steps)
         out.append({"name": e.name, "family": e.family, "note": e.note,
-                    "excluded": e.excluded or cost.get(e.name), "probe": verdicts[e.name],
+                    "excluded": e.excluded or dear, "probe": verdicts[e.name],
                     "grid": sorted(grids.get(e.name, []), key=lambda r: r.get("lr", 0)),
                     "choice": choices.get(e.name), "eval": evals.get(e.name, []),
                     "optimizer": _optimizer_record(atlas_dir, e.name)})

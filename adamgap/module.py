@@ -33,7 +33,13 @@ from adamgap import objective
 from adamgap.data import StepChunk
 from adamgap.lightning_internals import counted_step
 from adamgap.network import PatchCNN
-from adamgap.optimizers import ReplicaOptimizers, build_optimizer, contract_of, resolve
+from adamgap.optimizers import (
+    ReplicaOptimizers,
+    build_optimizer,
+    contract_of,
+    loss_lambda,
+    resolve,
+)
 from adamgap.patches import CSR, SparsePatches
 
 SPLITS = ("train", "test")  # validation dataloader 0 is the full training set, 1 the test set
@@ -50,7 +56,7 @@ class GapModule(L.LightningModule):
         self.automatic_optimization = False  # several optimizer steps per training step
         self.net = net
         self.optim = dict(optim)
-        self.lam = 0.0 if optim["name"] == "adamw" else float(optim["lam"])
+        self.lam = loss_lambda(optim["name"], optim["lam"])
         self.max_steps, self.log_every = max_steps, log_every
         self.seeds, self.lrs, self.n = list(seeds), list(lrs), n
         self.contract = contract_of(resolve(optim["name"]).cls)

@@ -126,6 +126,17 @@ def test_an_optimizer_not_run_is_listed_and_the_probe_alone_excludes_one_for_cos
     assert f"({len(full)} of them not run yet" in atlas_report.markdown(full, [], records,
                                                                        tmp_path, "cmd")
 
+
+def test_a_rows_notes_say_which_decay_the_optimizer_ran_with():
+    """AdamW decays by its own optim.weight_decay with no lambda in the loss; a class the suite
+    builds with its own decay off says so, with the default it overrode."""
+    def rec(name):
+        return {"name": name, "note": "", "probe": {}, "grid": [], "eval": []}
+    assert atlas_report.notes(rec("adamw")) == [
+        "decoupled weight decay 0.01 (optim.weight_decay), no lambda in the loss"]
+    assert atlas_report.notes(rec("stableadamw")) == ["own weight decay off (default 0.01)"]
+    assert atlas_report.notes(rec("adam")) == []
+
 GAPTEST_TINY = [*TINY, "trainer.eval_every=500"]
 
 

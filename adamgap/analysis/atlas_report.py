@@ -35,7 +35,7 @@ from adamgap.experiments.probe import Verdict, probe
 from adamgap.experiments.spec import SweepSpec, parse_args
 from adamgap.experiments.stats import fmt, mean_ci
 from adamgap.figures import pyplot, save
-from adamgap.optimizers import catalogue, resolve, suite_settings
+from adamgap.optimizers import DECOUPLED, catalogue, resolve, suite_settings
 from adamgap.outputs import write_csv, write_text
 from adamgap.summary import is_number
 
@@ -126,6 +126,9 @@ def _is_tail(grid: list[dict], diverged: list[float]) -> bool:
 
 
 def _suite_notes(name: str) -> list[str]:
+    if name in DECOUPLED:  # its own decay is the run's, at the atlas's (the schema's) setting
+        decay = load_config("default").optim.weight_decay
+        return [f"decoupled weight decay {decay:g} (optim.weight_decay), no lambda in the loss"]
     try:
         cls = resolve(name).cls
     except ValueError:

@@ -42,6 +42,7 @@ from adamgap.experiments.aggregate import results
 from adamgap.experiments.cells import FINISHED, cell_dir
 from adamgap.experiments.launch import run_sweep
 from adamgap.experiments.spec import check, create, load, render
+from adamgap.optimizers import loss_lambda
 from adamgap.summary import read, replicas_of
 
 ADAM_LR = 1e-4  # the paper's Adam step size: the "fixed" column
@@ -134,7 +135,7 @@ def final_objectives(sweep_dir: Path, cell) -> list[float]:
     if summary is None or not (run / "weights.pt").is_file():
         return [math.nan] * cell.replicas
     cfg = load_run_config(run)
-    lam = 0.0 if cfg.optim.name == "adamw" else float(cfg.optim.lam)
+    lam = loss_lambda(cfg.optim.name, cfg.optim.lam)
     w = torch.load(run / "weights.pt")["weight"]  # (K, d, 2, m)
     norms = w.reshape(w.shape[0], -1).square().sum(1).tolist()
     rows = replicas_of(summary)

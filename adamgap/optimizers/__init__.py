@@ -11,7 +11,7 @@ install (torch.optim, pytorch-optimizer, heavyball, lion-pytorch, any ``module:C
 None of them gets its own weight decay except ``adamw``: the paper's lambda lives in the loss.
 """
 
-from adamgap.optimizers.build import build_optimizer, suite_settings
+from adamgap.optimizers.build import DECOUPLED, build_optimizer, loss_lambda, suite_settings
 from adamgap.optimizers.contract import Contract, contract_of, is_schedule_free
 from adamgap.optimizers.replicas import ReplicaOptimizers, layout_for
 from adamgap.optimizers.signgd import SignGD
@@ -24,6 +24,6 @@ from adamgap.optimizers.sources import (
                                         resolve_optimizer_class,
 )
 
-__all__ = ["OPTIMIZERS", "Contract", "Named", "ReplicaOptimizers", "Resolved", "SignGD",
-           "build_optimizer", "contract_of", "is_schedule_free", "label", "layout_for", "resolve",
-           "resolve_optimizer_class", "suite_settings"]
+__all__ = ["DECOUPLED", "OPTIMIZERS", "Contract", "Named", "ReplicaOptimizers", "Resolved",
+           "SignGD", "build_optimizer", "contract_of", "is_schedule_free", "label", "layout_for",
+           "loss_lambda", "resolve", "resolve_optimizer_class", "suite_settings"]

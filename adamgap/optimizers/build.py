@@ -31,6 +31,13 @@ from adamgap.optimizers.contract import contract_of
 from adamgap.optimizers.sources import resolve
 
 WRAPPED_DEFAULT = "heavyball:AdamW"  # what heavyball's SAMWrapper wraps unless told otherwise
+DECOUPLED = ("adamw",)  # decay is the optimizer's optim.weight_decay; no lambda in the loss
+
+
+def loss_lambda(name: str, lam: float) -> float:
+    """The lambda of the loss's L2 term for optimizer ``name``: ``lam`` (``optim.lam``), or 0
+    for the suite's decoupled optimizers (``DECOUPLED``), which decay the weights themselves."""
+    return 0.0 if name in DECOUPLED else float(lam)
 
 
 def build_optimizer(params: Iterable[Tensor] | Iterable[dict], name: str, lr: float, *,
@@ -49,7 +56,7 @@ def build_optimizer(params: Iterable[Tensor] | Iterable[dict], name: str, lr: fl
         extra = {"momentum": momentum, "nesterov": nesterov, **extra}
     elif name in ("adam", "adamw"):
         extra = {"betas": tuple(betas), "eps": eps, **extra}
-        if name == "adamw":
+        if name in DECOUPLED:
             extra["weight_decay"] = weight_decay
         # the fused kernel is one pass over the state (it exists on CPU and GPU)
         extra.setdefault("fused", True)

@@ -163,6 +163,17 @@ def prepare_run_dir(cfg: DictConfig, stamp: str | None = None) -> Path:
     return run_dir
 
 
+def process_settings(cfg: DictConfig) -> None:
+    """What this process sets before it trains (``run``, and benchmarks of its steps)."""
+    # Adam's second-moment state and the tiny early gradients become denormal floats, which
+    # slow x86 CPUs by an order of magnitude; flushing them to zero changes nothing visible.
+    torch.set_flush_denormal(True)
+    if cfg.trainer.accelerator == "cpu":
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import (fork safety for CUDA); with
+        # it, torch's Adam-family step() probes NVML (a dlopen) on every call: ~0.1 ms a step
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train as configured; write the run directory; return the summary (``adamgap.summary``).
 
@@ -171,13 +182,7 @@ def run(cfg: DictConfig) -> dict:
     step, the last checkpoint kept for ``run.resume=true``; SIGINT (Ctrl-C) stops it like
     SIGTERM at the next step boundary, checkpointed (``StepCheckpoint.interruptible``)."""
     preflight.check(cfg)  # what the schema cannot know (entry points ran it already: cached)
-    # Adam's second-moment state and the tiny early gradients become denormal floats, which
-    # slow x86 CPUs by an order of magnitude; flushing them to zero changes nothing visible.
-    torch.set_flush_denormal(True)
-    if cfg.trainer.accelerator == "cpu":
-        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import (fork safety for CUDA); with
-        # it, torch's Adam-family step() probes NVML (a dlopen) on every call: ~0.1 ms a step
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    process_settings(cfg)
     stamp = run_stamp()
     run_dir = run_dir_of(cfg, stamp)
     checkpoint = StepCheckpoint(run_dir, cfg.run.checkpoint_every,

@@ -16,7 +16,6 @@ reorders the arithmetic: equal to round-off, not bit for bit).
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 
 from adamgap import objective, provenance
 from adamgap.config import load_config
-from adamgap.train import build_datamodule, build_module
+from adamgap.train import build_datamodule, build_module, process_settings
 
 
 def main(argv: list[str]) -> int:
@@ -35,10 +34,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    torch.set_flush_denormal(True)  # as train.run does
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as train.run does on the CPU
     cfg = load_config("stochastic_adam", [f"data.batch_size={args.batch}",
                                           "trainer.max_epochs=100"])
+    process_settings(cfg)  # as train.run sets them
     dm = build_datamodule(cfg)
     dm.setup("fit")
     module = build_module(cfg, dm)

@@ -32,6 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from adamgap.config import DataConfig, steps_per_epoch
 from adamgap.patches import CSR, SparsePatches, stable_argsort, to_dense_patches
 
+# batches of at least this share of the n examples take their backward product with the
+# training set's transpose: below it a sort per epoch costs less (docs/benchmark.md)
+SOURCE_SHARE = 0.25
+
 
 def generator(seed: int, stream: str) -> torch.Generator:
     """An independent random stream per (seed, purpose): data and W(0) never share draws."""
@@ -292,19 +296,23 @@ def _runs(sizes: list[int]) -> list[tuple[int, int]]:
 
 
 def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor,
-                 blocks: list[Tensor]) -> Epoch:
+                 blocks: list[Tensor], source: bool = False) -> Epoch:
     """The epoch whose batch i holds the examples ``blocks[i]`` (K, b) of each replica (indices
     into its N), built at once: the epoch's examples as one matrix with rows ordered (batch,
-    replica, example, patch), so that batch i is a block of consecutive rows; the transposes
-    of all batches from one stable sort of the nonzeros by (batch, column), which keeps each
-    column's rows in order (as ``CSR.transpose`` of the batch alone would); the labels. A
-    batch is then a handful of views: no kernel runs for it at its step. ``examples``: the
-    fixed-width form of ``train`` (``ExampleBlocks.of``), or None (a ragged gather)."""
+    replica, example, patch), so that batch i is a block of consecutive rows, and the labels.
+    The backward product of a batch needs its transpose: with ``source`` (batches of distinct
+    examples) each batch carries the training set's transpose and its rows in the set
+    (``SparsePatches.transpose_matmul``); else the transposes of all batches come from one
+    stable sort of the nonzeros by (batch, column), which keeps each column's rows in order
+    (as ``CSR.transpose`` of the batch alone would). A batch is then a handful of views: no
+    kernel runs for it at its step. ``examples``: the fixed-width form of ``train``
+    (``ExampleBlocks.of``), or None (a ragged gather)."""
     K, N, P, d = train.shape
     D, device = K * d, y.device
     sizes = [b.shape[1] for b in blocks]
     first = torch.arange(K, device=device)[:, None] * N
     ids = torch.cat([(first + b).reshape(-1) for b in blocks])  # (batch, replica, example)
+    rows = (ids[:, None] * P + torch.arange(P, device=device)).view(-1)  # their patch rows
     if examples is not None:
         E = examples.col.shape[1]
         # index_select: a copy of whole rows, several times faster than advanced indexing
@@ -313,7 +321,6 @@ def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor
         length = examples.length.index_select(0, ids).view(-1)  # (rows,)
         nnz = [K * b * E for b in sizes]
     else:
-        rows = (ids[:, None] * P + torch.arange(P, device=device)).view(-1)
         x = train.matrix.gather_rows(rows)
         col, val, length = x.col, x.val, x.crow.diff()
         ends = x.crow[[0, *np.cumsum([K * b * P for b in sizes]).tolist()]].tolist()
@@ -327,6 +334,14 @@ def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor
         crows += list(crow.unbind(0))
         local_rows.append(torch.arange(R, device=device).repeat(count))
         row_pos += R * count
+    shapes = [(K, b, P, d) for b in sizes]
+    cols, vals = col.split(nnz), val.split(nnz)
+    labels = [y.gather(1, b) for b in blocks]
+    if source:
+        train_t = train.transpose()
+        return Epoch([SparsePatches(CSR(c, col, val, (R, D)), None, shape, train_t, r)
+                      for c, col, val, r, R, shape in zip(crows, cols, vals, rows.split(n_rows),
+                                                          n_rows, shapes, strict=True)], labels)
     for size, count in _runs(nnz):
         batch_ids.append(torch.arange(first_batch, first_batch + count, device=device)
                          .repeat_interleave(size))
@@ -338,13 +353,12 @@ def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor
     crow_t = torch.zeros(len(blocks), D + 1, dtype=torch.long, device=device)
     torch.cumsum(torch.bincount(key, minlength=len(blocks) * D).view(-1, D), 1,
                  out=crow_t[:, 1:])
-    cols, vals = col.split(nnz), val.split(nnz)
     rows_t = local_row.index_select(0, order).split(nnz)
     vals_t = val.index_select(0, order).split(nnz)
-    return Epoch([SparsePatches(CSR(c, col, val, (R, D)), CSR(ct, rt, vt, (D, R)), (K, b, P, d))
-                  for c, col, val, ct, rt, vt, R, b in zip(crows, cols, vals, crow_t, rows_t,
-                                                           vals_t, n_rows, sizes, strict=True)],
-                 [y.gather(1, b) for b in blocks])
+    return Epoch([SparsePatches(CSR(c, col, val, (R, D)), CSR(ct, rt, vt, (D, R)), shape)
+                  for c, col, val, ct, rt, vt, R, shape in zip(crows, cols, vals, crow_t, rows_t,
+                                                               vals_t, n_rows, shapes,
+                                                               strict=True)], labels)
 
 
 def dense_epoch(train: Tensor, y: Tensor, blocks: list[Tensor]) -> Epoch:
@@ -464,6 +478,14 @@ class SyntheticDataModule(L.LightningDataModule):
         nnz = len(self.x_train.matrix.col) if self.sparse else self.x_train.numel()
         return max(1, min(-(-32 // self.steps_per_epoch), 4_000_000 // max(nnz, 1)))
 
+    @functools.cached_property
+    def source_transpose(self) -> bool:
+        """Whether sparse batches take their backward product with the training set's transpose
+        (``SparsePatches.transpose_matmul``) rather than with their own: for batches of
+        distinct examples (``shuffle``) of at least ``n * SOURCE_SHARE``, where it is the
+        cheaper (docs/benchmark.md)."""
+        return self.sampling == "shuffle" and self.batch_size >= self.n * SOURCE_SHARE
+
     def epochs(self, group: int) -> Epoch:
         """The mini-batches of epochs ``group G .. group G + G - 1`` (G = ``epochs_per_build``),
         in step order, built on first use on the device that trains (the current and the
@@ -478,7 +500,8 @@ class SyntheticDataModule(L.LightningDataModule):
             if self.sparse:
                 if device not in self._examples:
                     self._examples[device] = ExampleBlocks.of(x)
-                self._epochs[group] = sparse_epoch(x, self._examples[device], y, blocks)
+                self._epochs[group] = sparse_epoch(x, self._examples[device], y, blocks,
+                                                   source=self.source_transpose)
             else:
                 self._epochs[group] = dense_epoch(x, y, blocks)
             for old in [g for g in self._epochs if g < group - 1]:

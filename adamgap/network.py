@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from adamgap.data import generator
-from adamgap.patches import SparsePatches, csr_matmul, project
+from adamgap.patches import SparsePatches, project
 
 
 def sparse_patch_sums(weight: Tensor, x: SparsePatches,
@@ -51,7 +51,7 @@ def sparse_patch_sums_grad(x: SparsePatches, slope: Tensor | None, q: float | No
     B, P = x.shape[1:3]
     dF = dF[:, :, None, :, None]  # (K, B, 1, C, 1)
     dz = dF.expand(K, B, P, C, m) if slope is None else slope * (q * dF)
-    return csr_matmul(x.transpose(), dz.reshape(K * B * P, C * m)).view(K, d, C, m)
+    return x.transpose_matmul(dz.reshape(K * B * P, C * m)).view(K, d, C, m)
 
 
 class _SparsePatchSum(torch.autograd.Function):

@@ -147,17 +147,42 @@ def test_full_batch_with_replacement_is_a_resample():
     assert len(set(examples_of(dm, x)[0].tolist())) < 12
 
 
-@pytest.mark.parametrize("sparse", [True, False])
-def test_sparse_and_dense_batches_agree(sparse):
-    a = datamodule(seeds=(0, 1), batch_size=5, last_batch="keep", sparse=True)
-    b = datamodule(seeds=(0, 1), batch_size=5, last_batch="keep", sparse=False)
+@pytest.mark.parametrize("batch_size, source", [(1, False), (5, True)])
+def test_sparse_and_dense_batches_agree(batch_size, source):
+    """n = 12: a batch of 1 (under n * SOURCE_SHARE) has its own transpose, built with the
+    epoch; a batch of 5 takes the training set's. Either way the backward product is X^T."""
+    a = datamodule(seeds=(0, 1), batch_size=batch_size, last_batch="keep", sparse=True)
+    b = datamodule(seeds=(0, 1), batch_size=batch_size, last_batch="keep", sparse=False)
+    assert a.source_transpose is source
     for step in range(7):
         (xa, ya), (xb, yb) = a.train_batch(step), b.train_batch(step)
         assert torch.equal(xa.to_dense(), xb) and torch.equal(ya, yb)
-        if sparse:  # the batch's transpose, built with the epoch, is the CSR transpose
-            t, ref = xa.transpose(), xa.matrix.transpose()
-            for got, want in ((t.crow, ref.crow), (t.col, ref.col), (t.val, ref.val)):
-                assert torch.equal(got, want)
+        assert (xa.source_t is not None) is source and (xa.matrix_t is None) is source
+        if not source:  # the batch's transpose, built with the epoch, is the CSR transpose
+            assert same_csr(xa.transpose(), xa.matrix.transpose())
+        K, B, P, d = xb.shape
+        dz = torch.randn(K * B * P, 3, generator=torch.Generator().manual_seed(step))
+        want = torch.einsum("kbpd,kbpc->kdc", xb, dz.view(K, B, P, 3)).reshape(K * d, 3)
+        torch.testing.assert_close(xa.transpose_matmul(dz), want)
+
+
+def test_batches_with_a_repeated_example_have_their_own_transpose():
+    """With replacement a batch can hold an example twice: its rows of the training set are
+    then not distinct, so it takes the product with its own transpose (both rows count)."""
+    dm = datamodule(seeds=(0,), n=12, batch_size=6, sampling="replace")
+    assert not dm.source_transpose
+    for step in range(40):
+        x, _ = dm.train_batch(step)
+        if len(set(examples_of(dm, x)[0].tolist())) < 6:
+            break
+    else:
+        pytest.fail("no batch with a repeated example in 40 steps")
+    assert x.source_t is None
+    dense = x.to_dense()
+    K, B, P, d = dense.shape
+    dz = torch.randn(K * B * P, 3, generator=torch.Generator().manual_seed(0))
+    want = torch.einsum("kbpd,kbpc->kdc", dense, dz.view(K, B, P, 3)).reshape(K * d, 3)
+    torch.testing.assert_close(x.transpose_matmul(dz), want)
 
 
 # -- each patch with its own nonzeros, against the zero-padded lists it was stored as --------
@@ -190,8 +215,13 @@ def padded_batch(dm, index, value, step):
     rows = torch.stack([torch.randperm(dm.n, generator=generator(k, f"epoch{epoch}"))
                         for k in dm.seeds])[:, i * dm.batch_size:(i + 1) * dm.batch_size]
     pick = rows[:, :, None, None].expand(-1, -1, *index.shape[2:])
-    return (SparsePatches.from_coordinates(index.gather(1, pick), value.gather(1, pick), dm.d),
-            dm.y_train.gather(1, rows))
+    x = SparsePatches.from_coordinates(index.gather(1, pick), value.gather(1, pick), dm.d)
+    if dm.source_transpose:  # the backward product with the whole padded set's transpose
+        K, _, P, _ = index.shape
+        ids = (torch.arange(K)[:, None] * dm.n + rows).reshape(-1)
+        x.source_t = SparsePatches.from_coordinates(index, value, dm.d).transpose()
+        x.source_rows = (ids[:, None] * P + torch.arange(P)).view(-1)
+    return x, dm.y_train.gather(1, rows)
 
 
 def same_csr(a, b) -> bool:
@@ -225,10 +255,11 @@ def test_unpadded_patches_are_the_padded_lists_data(settings):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("batch_size", [4, None])
+@pytest.mark.parametrize("batch_size", [4, 10, None])
 def test_unpadded_patches_train_the_same_trajectory(seed, batch_size):
     """40 Adam steps (closed-form gradient, as inside a chunk) on the batches of the stored
-    data and on those rebuilt from the padded lists: the same weights, bit for bit."""
+    data and on those rebuilt from the padded lists: the same weights, bit for bit (n = 40:
+    batches of 4 have their own transposes, batches of 10 take the training set's)."""
     dm = datamodule(seeds=(seed,), n=40, batch_size=batch_size, d=100, s=10)
     index, value, _, _ = padded_patches(seed, dm.n, dm.d, dm.s, dm.sigma_p, dm.alpha, dm.v,
                                         dm.labels, dm.feature_position, dm.patches, "train")

@@ -120,7 +120,12 @@ def heavyball_names() -> list[str]:
 def distribution_of(cls: type) -> tuple[str, str]:
     """(distribution name, version) of the package that defines ``cls``."""
     top = cls.__module__.split(".")[0]
-    dist = _distributions().get(top, [top])[0]
+    try:  # a distribution named as its module (all of ours): no scan of every installed one
+        found = importlib.metadata.distribution(top)
+        return found.metadata["Name"], found.version
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    dist = _distributions().get(top, [top])[0]  # ~0.25 s: reads every distribution's files
     try:
         return dist, importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

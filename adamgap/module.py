@@ -271,8 +271,8 @@ class GapModule(L.LightningModule):
                                         for p, r in zip(self.weights, rows, strict=True)):
                 return rows.view(K, -1)
             return torch.stack([p.grad.reshape(-1) for p in self.weights])
-        return torch.cat([p.grad.reshape(K, -1) for p in self.weights if p.grad is not None],
-                         dim=1)
+        grads = [p.grad.reshape(K, -1) for p in self.weights if p.grad is not None]
+        return grads[0] if len(grads) == 1 else torch.cat(grads, dim=1)  # one: no copy
 
     def _logs_at(self, t: int) -> bool:
         """Whether iteration t logs its train metrics: every ``log_every`` steps and the last."""

@@ -15,6 +15,8 @@ autograd, whose bookkeeping costs more than the arithmetic at the paper's sizes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,8 +53,8 @@ def logistic_l2(f: Tensor, y: Tensor, lam: float, params: list[Tensor]) -> tuple
     margin = y * f
     objective = F.softplus(-margin).mean(dim=1)
     if lam:
-        objective += (0.5 * lam) * sum(torch.linalg.vecdot(w, w)
-                                       for w in (p.reshape(K, -1) for p in params))
+        objective += (0.5 * lam) * functools.reduce(
+            torch.add, [torch.linalg.vecdot(w, w) for w in (p.reshape(K, -1) for p in params)])
     return objective, margin
 
 
@@ -133,4 +135,5 @@ def replica_sums(tensors: list[Tensor], K: int) -> Tensor:
     """(K,): the sum of every element of replica k in ``tensors``, each of which carries the
     replica dimension first. Not finite when one element is not, and also (harmlessly: such a
     run has diverged) when |values| near 1e33 overflow."""
-    return sum(x.detach().reshape(K, -1).sum(1) for x in tensors)
+    sums = [x.detach().reshape(K, -1).sum(1) for x in tensors]
+    return functools.reduce(torch.add, sums)  # (``sum()`` would add a 0 tensor first)

@@ -28,3 +28,14 @@ def test_a_busy_machine_is_said_and_the_page_prose_is_kept(tmp_path):
     write_into(page, "new numbers\n")
     assert page.read_text() == (f"# Benchmark\nprose before\n{mark}\nnew numbers\n{END}\n"
                                 "prose after\n")
+
+
+def test_the_protocol_rows_state_their_own_repeats_and_the_per_seed_target():
+    protocol = [("one seed", 420.0, 420.0, "test error 0.000"),
+                ("5 seeds, one ensemble", 900.0, 180.0, "test error 0.000")]
+    text = _page(steps=[(100, 0.6, 1.2), (200, 0.5, 1.0)], protocol=protocol,
+                 protocol_repeats=1)
+    assert "the batch-2 protocol <= 300 s per seed: **420 s** (one seed), **180 s** per seed" \
+        in text
+    assert "Medians of 1 fresh processes." in text and "medians of 3 fresh processes" in text
+    assert "| 5 seeds, one ensemble | 900.0 | 180.0 | test error 0.000 |" in text

@@ -130,10 +130,12 @@ WITHOUT_GC_PAUSE = ("import sys; from adamgap.cli import main; from adamgap.trai
 def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
           out: Path | None = ROOT / "docs" / "benchmark.md", log=print,
           batches: bool = True, protocol: bool = True,
-          command: str = "python scripts/benchmark.py") -> str:
+          command: str = "python scripts/benchmark.py",
+          protocol_repeats: int | None = None) -> str:
     """Run every measurement; return (and write to ``out``) the markdown report. The repeats
     of the single-run variants are interleaved (A, B, C, A, B, C, ...) so that a change in the
-    machine's load touches all of them alike."""
+    machine's load touches all of them alike; the batch-2 protocol runs (10^6 steps each) take
+    ``protocol_repeats`` (default: ``repeats``)."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     work = Path(tempfile.mkdtemp(prefix="adamgap-bench-"))
     counter = iter(range(10**6))
@@ -204,10 +206,12 @@ def bench(repeats: int = 3, scaling: bool = True, threads: int = 1,
     rows.append(("Table 1: `scripts/sweep.py sweep.grid.conf=[synthetic_adam,synthetic_gd] "
                  "sweep.seeds=10 sweep.jobs=2`", f"{c:.1f}", "20 runs of 10 000 steps"))
     steps = step_cost_rows(train, repeats, log) if batches else []
-    protocol_runs = protocol_rows(train, repeats, log) if batches and protocol else []
+    protocol_runs = (protocol_rows(train, protocol_repeats or repeats, log)
+                     if batches and protocol else [])
     scale = scaling_rows(train, log) if scaling else []
     load = (load_before, os.getloadavg()[0])
-    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol_runs, command)
+    text = markdown(rows, scale, repeats, threads, a, b, c, load, steps, protocol_runs, command,
+                    protocol_repeats or repeats)
     if out is not None:
         write_into(out, text)
     return text
@@ -304,7 +308,8 @@ def scaling_rows(train, log) -> list[tuple[str, str, str, str]]:
 
 
 def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan),
-             steps=(), protocol=(), command: str = "python scripts/benchmark.py") -> str:
+             steps=(), protocol=(), command: str = "python scripts/benchmark.py",
+             protocol_repeats: int | None = None) -> str:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} at the start and "
             f"{load[1]:.1f} at the end" + (": other jobs shared the cores, so these times are "
@@ -329,6 +334,7 @@ def markdown(rows, scale, repeats, threads, a, b, c, load=(math.nan, math.nan),
     if protocol:
         lines += ["## The follow-up's batch-2 protocol (`conf=stochastic_adam`: 10^4 epochs, "
                   "10^6 steps)", "",
+                  f"Medians of {protocol_repeats or repeats} fresh processes.", "",
                   "| run | process wall s | wall s per seed | result |", "|---|---|---|---|",
                   *(f"| {k} | {w:.1f} | {p:.1f} | {res} |" for k, w, p, res in protocol), ""]
     if scale:
@@ -360,9 +366,12 @@ def main(argv: list[str]) -> int:
                    help="skip the step cost against the batch size and the batch-2 protocol")
     p.add_argument("--no-protocol", action="store_true",
                    help="skip the batch-2 protocol runs (10^6 steps each), keep the step costs")
+    p.add_argument("--protocol-repeats", type=int, default=None,
+                   help="repeats of the batch-2 protocol runs (default: --repeats)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmark.md"))
     args = p.parse_args(argv)
     print(bench(args.repeats, not args.no_scaling, args.threads, Path(args.out),
                 batches=not args.no_batches, protocol=not args.no_protocol,
-                command=" ".join(["python scripts/benchmark.py", *argv])))
+                command=" ".join(["python scripts/benchmark.py", *argv]),
+                protocol_repeats=args.protocol_repeats))
     return 0

@@ -31,11 +31,12 @@ BATCHES = (2, 4, 10, 20, 50, 100)
 
 
 def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
     p = argparse.ArgumentParser(prog="bench_backward.py")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--groups", type=int, default=4, help="groups of epochs built per repeat")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    print(f"provenance: {provenance.line(provenance.collect())}")
     print(f"ms per step, medians of {args.repeats} repeats x {args.groups} groups of epochs; "
           f"data.SOURCE_SHARE = {SOURCE_SHARE} (source from batch {SOURCE_SHARE * 200:g})")
     print("| batch B | own: build | own: product | own | source: build | source: product "
@@ -70,7 +71,6 @@ def main(argv: list[str]) -> int:
         own, src = sum(med[False]), sum(med[True])
         print(f"| {B} | {med[False][0]:.3f} | {med[False][1]:.3f} | {own:.3f} | "
               f"{med[True][0]:.3f} | {med[True][1]:.3f} | {src:.3f} | {src / own:.2f} |")
-    print(f"provenance: {provenance.line(provenance.collect())}")
     return 0
 
 

@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     ms = {B: parts_of(B, args.steps, args.repeats) for B in BATCHES}
     n = BATCHES[-1]
+    print(f"provenance: {provenance.line(provenance.collect())}")
     print(f"ms per step, medians of {args.repeats} x {args.steps} steps")
     print("| batch B | gradient | Adam | sums | step |")
     print("|---|---|---|---|---|")
@@ -88,7 +89,6 @@ def main(argv: list[str]) -> int:
           f"of which Adam {ms[small]['Adam']:.3f} ms; the target 0.6 at B = 100 needs "
           f"F <= D / 4 = {D / 4:.3f} ms; with these parts a batch-100 step costs at least "
           f"{floor:.2f}x a full-batch one")
-    print(f"provenance: {provenance.line(provenance.collect())}")
     return 0
 
 

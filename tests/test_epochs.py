@@ -280,3 +280,16 @@ def test_unpadded_patches_train_the_same_trajectory(seed, batch_size):
         weights.append(net.weight.detach())
     assert torch.equal(*weights)
     assert not math.isclose(float(weights[0].abs().sum()), 0.0)
+
+
+def test_a_batch_moved_to_another_dtype_keeps_the_training_sets_transpose():
+    dm = datamodule(seeds=(0, 1), batch_size=6)
+    x, _ = dm.train_batch(3)
+    moved = x.to(torch.float64)
+    assert moved.source_t.val.dtype == torch.float64 and torch.equal(moved.source_rows,
+                                                                      x.source_rows)
+    dense = moved.to_dense()
+    K, B, P, d = dense.shape
+    dz = torch.randn(K * B * P, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = torch.einsum("kbpd,kbpc->kdc", dense, dz.view(K, B, P, 3)).reshape(K * d, 3)
+    torch.testing.assert_close(moved.transpose_matmul(dz), want)

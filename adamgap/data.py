@@ -326,13 +326,12 @@ def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor
         ends = x.crow[[0, *np.cumsum([K * b * P for b in sizes]).tolist()]].tolist()
         nnz = np.diff(ends).tolist()
     n_rows = [K * b * P for b in sizes]
-    crows, local_rows, batch_ids, row_pos, first_batch = [], [], [], 0, 0
+    crows, row_pos = [], 0
     for R, count in _runs(n_rows):
         # each batch's own row pointers, from 0 (embedding_bag's offsets must start there)
         crow = torch.zeros(count, R + 1, dtype=torch.long, device=device)
         torch.cumsum(length[row_pos:row_pos + R * count].view(count, R), 1, out=crow[:, 1:])
         crows += list(crow.unbind(0))
-        local_rows.append(torch.arange(R, device=device).repeat(count))
         row_pos += R * count
     shapes = [(K, b, P, d) for b in sizes]
     cols, vals = col.split(nnz), val.split(nnz)
@@ -342,11 +341,13 @@ def sparse_epoch(train: SparsePatches, examples: ExampleBlocks | None, y: Tensor
         return Epoch([SparsePatches(CSR(c, col, val, (R, D)), None, shape, train_t, r)
                       for c, col, val, r, R, shape in zip(crows, cols, vals, rows.split(n_rows),
                                                           n_rows, shapes, strict=True)], labels)
+    batch_ids, first_batch = [], 0
     for size, count in _runs(nnz):
         batch_ids.append(torch.arange(first_batch, first_batch + count, device=device)
                          .repeat_interleave(size))
         first_batch += count
     batch = torch.cat(batch_ids)  # (nnz,) the batch of every nonzero
+    local_rows = [torch.arange(R, device=device).repeat(count) for R, count in _runs(n_rows)]
     local_row = torch.repeat_interleave(torch.cat(local_rows), length, output_size=len(col))
     key = batch * D + col
     order = stable_argsort(key, len(blocks) * D)

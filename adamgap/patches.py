@@ -137,7 +137,8 @@ class SparsePatches:
         With a source (``source_t``: a mini-batch of the training set) the rows of ``dense``
         go to their rows of the whole set, zeros elsewhere, and the product is one with the
         set's transpose, built once: it costs a full-batch product, where a transpose of the
-        batch's own costs a sort per batch, several times more for batches above ~n/10. The
+        batch's own costs a sort per batch, more than that from about n/10 up (the datamodule
+        chooses, ``data.SOURCE_SHARE``). The
         sums then run over the examples in the set's order, not the batch's: equal to
         round-off, not bit for bit."""
         if self.source_t is None:

@@ -106,7 +106,6 @@ def test_stage_cells_follow_the_probes_verdict():
                                            if c.values["optim.name"] == "adam").overrides
 
 
-
 def test_an_optimizer_not_run_is_listed_and_the_probe_alone_excludes_one_for_cost(tmp_path):
     """The report of an atlas whose probe has seen more optimizers than have run: one too dear
     for the protocol is excluded for cost by its probe verdict, one that is not is "not
@@ -136,6 +135,7 @@ def test_a_rows_notes_say_which_decay_the_optimizer_ran_with():
         "decoupled weight decay 0.01 (optim.weight_decay), no lambda in the loss"]
     assert atlas_report.notes(rec("stableadamw")) == ["own weight decay off (default 0.01)"]
     assert atlas_report.notes(rec("adam")) == []
+
 
 GAPTEST_TINY = [*TINY, "trainer.eval_every=500"]
 
